@@ -1,0 +1,68 @@
+"""The columnar sample batch that travels from a driver through every stage.
+
+A poll of a device yields one row across all its tags, so a batch is a (rows x tags) matrix per
+column. Keeping samples as numpy columns (never one Python object per sample) is what lets the
+filter kernels vectorise across tags and keeps CPU per point low on a Raspberry Pi.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Quality: one byte per sample. Good is 0 so that a frame where everything is good encodes the
+# whole quality column as a single integer. The top two bits give the family, the low six a reason.
+QUALITY_GOOD = 0x00
+QUALITY_UNCERTAIN = 0x40
+QUALITY_BAD = 0x80
+QUALITY_BAD_COMM = 0x81  # no answer: timeout, connection lost
+QUALITY_BAD_DEVICE = 0x82  # the device answered with an exception
+QUALITY_BAD_CONFIG = 0x83  # the tag's address or type is rejected by the device
+QUALITY_BAD_DECODE = 0x84  # the answer could not be decoded (short reply, bad byte count)
+QUALITY_FAMILY_MASK = 0xC0
+
+
+def quality_family(code: int) -> str:
+    """Name of the family ('good', 'uncertain', 'bad') a quality byte belongs to."""
+    fam = code & QUALITY_FAMILY_MASK
+    if fam == QUALITY_GOOD:
+        return "good"
+    if fam == QUALITY_UNCERTAIN:
+        return "uncertain"
+    return "bad"
+
+
+@dataclass(slots=True)
+class Batch:
+    """Samples of one device: n rows (polls) by k tags (in the device's configured tag order).
+
+    ts[i, j] is when the answer carrying sample (i, j) arrived, in unix ns. Tags read by different
+    requests of one poll may carry different timestamps; the frame encoder groups tags whose
+    timestamp columns are identical so that they share one encoded time column.
+    """
+
+    device: str
+    ts: np.ndarray  # int64 (n, k)
+    values: np.ndarray  # float64 (n, k)
+    quality: np.ndarray  # uint8 (n, k)
+    flags: np.ndarray  # uint32 (n, k)
+
+    @property
+    def rows(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def points(self) -> int:
+        return int(self.values.size)
+
+    @classmethod
+    def empty(cls, device: str, rows: int, tags: int) -> Batch:
+        """A batch of `rows` rows, all samples bad-comm with NaN values until a driver fills them."""
+        return cls(
+            device=device,
+            ts=np.zeros((rows, tags), dtype=np.int64),
+            values=np.full((rows, tags), np.nan, dtype=np.float64),
+            quality=np.full((rows, tags), QUALITY_BAD_COMM, dtype=np.uint8),
+            flags=np.zeros((rows, tags), dtype=np.uint32),
+        )
