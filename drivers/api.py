@@ -1,0 +1,64 @@
+"""The one small interface between the agent and a protocol driver.
+
+A driver knows its protocol only. The agent never imports a protocol library; it finds drivers
+through the `edge_agent.drivers` entry point group, so a new protocol is a new folder under
+drivers/ plus one entry point, and nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from edge_agent.config.models import DeviceBase
+from edge_agent.samples import Batch
+
+# Called by a driver with each completed poll. It runs the filter engine and the batcher inline, so
+# it must stay cheap (vectorised numpy and numba only) and must not block on I/O.
+SampleSink = Callable[[Batch], None]
+
+
+@dataclass
+class DriverStats:
+    """Counters a driver keeps; metrics and STATUS= read them, the driver never resets them."""
+
+    polls: int = 0
+    poll_errors: int = 0
+    skipped_ticks: int = 0
+    connects: int = 0
+    connected: bool = False
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+
+    def error(self, kind: str) -> None:
+        self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
+
+
+@runtime_checkable
+class Driver(Protocol):
+    stats: DriverStats
+
+    async def run(self) -> None:
+        """Poll until cancelled. Device faults are handled (logged, counted, retried) inside."""
+        ...
+
+
+@dataclass(frozen=True)
+class DeviceSummary:
+    """What `edge-agent check` prints for a device: requests per poll and the plan lines."""
+
+    requests_per_poll: int
+    plan: tuple[str, ...] = ()
+
+
+class DriverPlugin(Protocol):
+    name: str
+    device_model: type[DeviceBase]
+
+    def create(self, device: DeviceBase, sink: SampleSink) -> Driver: ...
+
+    def describe(self, device: DeviceBase) -> DeviceSummary: ...
+
+    def tag_types(self, device: DeviceBase) -> tuple[str, ...]:
+        """Declared value type of each tag in config order (frame metadata for consumers)."""
+        ...

@@ -1,0 +1,104 @@
+"""Collects filtered device batches and closes them into frame contents.
+
+A batch closes on `max_points` or when its oldest row is `max_interval` old, whichever comes first.
+The age close is a timer armed by the first row, not a polling loop: an idle agent stays idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from edge_agent.frame.model import Block
+from edge_agent.samples import Batch
+
+
+class Batcher:
+    def __init__(
+        self,
+        devices: Sequence[tuple[str, tuple[str, ...], tuple[str, ...]]],  # (device, tag names, tag types)
+        max_points: int,
+        max_interval_ns: int,
+        on_close: Callable[[list[Block]], None],
+    ):
+        self._meta = {name: (tags, types) for name, tags, types in devices}
+        self._pending: dict[str, list[Batch]] = {}
+        self._points = 0
+        self.max_points = max_points
+        self.max_interval_s = max_interval_ns / 1e9
+        self.on_close = on_close
+        self._timer: asyncio.TimerHandle | None = None
+        self.points_in = 0
+        self.batches_closed = 0
+
+    @property
+    def open_points(self) -> int:
+        return self._points
+
+    def add(self, batch: Batch) -> None:
+        if batch.rows == 0:
+            return
+        if batch.device not in self._meta:
+            raise KeyError(f"batch for unknown device {batch.device!r}")
+        self._pending.setdefault(batch.device, []).append(batch)
+        self._points += batch.points
+        self.points_in += batch.points
+        if self._points >= self.max_points:
+            self.close()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.max_interval_s, self.close)
+
+    def close(self) -> None:
+        """Hand whatever is open to on_close (nothing happens when empty)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._points:
+            return
+        blocks: list[Block] = []
+        for device, parts in self._pending.items():
+            tags, types = self._meta[device]
+            blocks += split_by_timestamps(device, tags, types, _concat(parts))
+        self._pending.clear()
+        self._points = 0
+        self.batches_closed += 1
+        self.on_close(blocks)
+
+
+def _concat(parts: list[Batch]) -> Batch:
+    if len(parts) == 1:
+        return parts[0]
+    return Batch(
+        device=parts[0].device,
+        ts=np.concatenate([p.ts for p in parts]),
+        values=np.concatenate([p.values for p in parts]),
+        quality=np.concatenate([p.quality for p in parts]),
+        flags=np.concatenate([p.flags for p in parts]),
+    )
+
+
+def split_by_timestamps(
+    device: str, tags: tuple[str, ...], types: tuple[str, ...], batch: Batch
+) -> list[Block]:
+    """Group tags whose timestamp columns are identical so each group shares one encoded time column."""
+    k = batch.ts.shape[1]
+    if k == 1 or (batch.ts == batch.ts[:, :1]).all():
+        groups = [np.arange(k)]
+    else:
+        _, first, inverse = np.unique(batch.ts.T, axis=0, return_index=True, return_inverse=True)
+        order = np.argsort(first)  # groups in the order their first tag appears in the config
+        groups = [np.flatnonzero(inverse.ravel() == g) for g in order]
+    return [
+        Block(
+            device=device,
+            tags=tuple(tags[j] for j in cols),
+            types=tuple(types[j] for j in cols),
+            ts=np.ascontiguousarray(batch.ts[:, cols[0]]),
+            values=np.ascontiguousarray(batch.values[:, cols]),
+            quality=np.ascontiguousarray(batch.quality[:, cols]),
+            flags=np.ascontiguousarray(batch.flags[:, cols]),
+        )
+        for cols in groups
+    ]

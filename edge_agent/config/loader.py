@@ -1,0 +1,223 @@
+"""Loads the TOML file and turns every problem into one line: `FILE: key.path: message`.
+
+All problems are collected before giving up, because an engineer on a plant floor editing over a
+slow SSH session should fix the file once, not once per error.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import tomllib
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from edge_agent.config.models import (
+    AgentSection,
+    BatchSection,
+    DeviceBase,
+    FilterSpec,
+    RawConfig,
+    UplinkSection,
+)
+
+EX_CONFIG = 78  # sysexits.h: the unit file stops systemd from restart-looping on it
+
+
+class ConfigError(Exception):
+    """Every problem found in a config file, one formatted line each."""
+
+    def __init__(self, problems: Sequence[str]):
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    agent: AgentSection
+    uplink: UplinkSection
+    batch: BatchSection
+    filters: dict[str, FilterSpec]
+    devices: tuple[DeviceBase, ...]
+    digest: str  # sha256 of the file: tells which config a running agent uses
+
+    def device(self, name: str) -> DeviceBase:
+        return next(d for d in self.devices if d.name == name)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; raises ConfigError listing every problem found."""
+    from drivers.registry import plugins  # late: the registry imports config models
+
+    path = Path(path)
+    label = path.name
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config: {exc.strerror or exc}"]) from None
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{label}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{label}: TOML syntax error: {exc}"]) from None
+
+    problems: list[str] = []
+    try:
+        raw = RawConfig.model_validate(doc)
+    except ValidationError as exc:
+        problems += _format(label, exc, RawConfig, ())
+        raw = None
+        # Keep going into the devices so their problems are reported in the same run.
+    raw_devices = doc.get("devices") if isinstance(doc.get("devices"), list) else []
+    filters = raw.filters if raw else {}
+
+    registry = plugins()
+    devices: list[tuple[int, DeviceBase]] = []
+    for i, dev in enumerate(raw_devices):
+        if not isinstance(dev, dict):
+            continue  # already reported by RawConfig
+        protocol = dev.get("protocol")
+        if protocol not in registry:
+            known = ", ".join(repr(p) for p in sorted(registry))
+            what = "required key is missing" if protocol is None else f"{protocol!r} is not one of {known}"
+            problems.append(f"{label}: devices[{i}].protocol: {what}")
+            continue
+        model = registry[protocol].device_model
+        try:
+            devices.append((i, model.model_validate(dev)))
+        except ValidationError as exc:
+            problems += _format(label, exc, model, ("devices", i))
+    problems += _cross_checks(label, devices, raw_devices, filters)
+    if problems:
+        raise ConfigError(problems)
+    assert raw is not None
+    return Config(
+        path=path,
+        agent=raw.agent,
+        uplink=raw.uplink,
+        batch=raw.batch,
+        filters=dict(raw.filters),
+        devices=tuple(d for _, d in devices),
+        digest=hashlib.sha256(data).hexdigest(),
+    )
+
+
+def _cross_checks(
+    label: str, devices: list[tuple[int, DeviceBase]], raw_devices: list[Any], filters: dict[str, Any]
+) -> list[str]:
+    """Rules that span entries: names unique, filter references resolve."""
+    problems = []
+    seen_devices: dict[str, int] = {}
+    for i, raw in enumerate(raw_devices):
+        name = raw.get("name") if isinstance(raw, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in seen_devices:
+            problems.append(
+                f"{label}: devices[{i}].name: duplicate device name {name!r} (also devices[{seen_devices[name]}])"
+            )
+        else:
+            seen_devices[name] = i
+    for i, dev in devices:
+        seen_tags: dict[str, int] = {}
+        for j, tag in enumerate(dev.tags):
+            where = f"devices[{i}].tags[{j}]"
+            if tag.name in seen_tags:
+                problems.append(
+                    f"{label}: {where}.name: duplicate tag name {tag.name!r} in device {dev.name!r} "
+                    f"(also tags[{seen_tags[tag.name]}])"
+                )
+            else:
+                seen_tags[tag.name] = j
+            for m, ref in enumerate(tag.filters):
+                if ref not in filters:
+                    known = ", ".join(repr(f) for f in sorted(filters)) or "none defined"
+                    problems.append(f"{label}: {where}.filters[{m}]: no filter named {ref!r} (filters: {known})")
+    return problems
+
+
+def _format(label: str, exc: ValidationError, model: type[BaseModel], prefix: tuple) -> list[str]:
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = prefix + tuple(err["loc"])
+        lines.append(f"{label}: {_loc_text(loc)}: {_message(err, model, tuple(err['loc']))}")
+    return lines
+
+
+def _loc_text(loc: Sequence[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _message(err: Any, model: type[BaseModel], loc: tuple) -> str:
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        known = _keys_at(model, loc[:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        return "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else f" (allowed: {', '.join(known)})")
+    if kind == "literal_error":
+        return f"{value!r} is not one of {ctx.get('expected')}"
+    if kind == "union_tag_invalid":
+        return f"{ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}"
+    if kind == "union_tag_not_found":
+        return f"required key {ctx.get('discriminator', '').strip(chr(39))!r} is missing"
+    if kind == "string_pattern_mismatch":
+        return f"{value!r} is not a valid name (letters, digits, '_', '.', '-'; no spaces, '/', '+' or '#')"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    if kind == "too_short" and isinstance(value, list) and not value:
+        return "must not be empty"
+    msg = err["msg"]
+    if not isinstance(value, dict | list):
+        msg += f" (got {value!r})"
+    return msg
+
+
+def _keys_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the model found at `loc` (for did-you-mean hints); empty if not a model."""
+    ann: Any = model
+    for part in loc:
+        ann = _unwrap(ann)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            field = ann.model_fields.get(str(part))
+            if field is None:
+                return []
+            ann = field.annotation
+            continue
+        args = typing.get_args(ann)
+        if not args:
+            return []
+        ann = args[-1]  # list[X] -> X, dict[K, V] -> V
+    ann = _unwrap(ann)
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return [name for name in ann.model_fields]
+    return []
+
+
+def _unwrap(ann: Any) -> Any:
+    while True:
+        origin = typing.get_origin(ann)
+        if origin is typing.Annotated:
+            ann = typing.get_args(ann)[0]
+        elif origin in (typing.Union, types.UnionType):
+            models = [a for a in typing.get_args(ann) if a is not type(None)]
+            if len(models) != 1:
+                return ann
+            ann = models[0]
+        else:
+            return ann

@@ -1,0 +1,27 @@
+"""`limits`: flag samples outside [lo, hi].
+
+One call covers a whole batch of a device (rows x tags); tags without limits carry -inf/+inf and
+never fire. NaN compares false both ways, so it never fires either, and bad-quality samples are
+skipped: a dead sensor is a quality problem, not a process alarm.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def limits_kernel(
+    values: np.ndarray, quality: np.ndarray, lo: np.ndarray, hi: np.ndarray, bit: np.uint32, flags: np.ndarray
+) -> int:
+    """Set `bit` in flags where a good/uncertain sample is below lo or above hi; returns how many fired."""
+    n, k = values.shape
+    fired = 0
+    for i in range(n):
+        for j in range(k):
+            v = values[i, j]
+            if (quality[i, j] & 0x80) == 0 and (v < lo[j] or v > hi[j]):
+                flags[i, j] |= bit
+                fired += 1
+    return fired

@@ -1,0 +1,80 @@
+"""`edge-agent tail`: subscribe, decode frames, print one JSON object per sample.
+
+It is the reference consumer: what a cloud team's decoder must produce, in a form an engineer can
+pipe into jq. Per-sample Python objects are fine here: this is a debugging tool, not the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sys
+from collections.abc import Iterator
+from typing import TextIO
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from edge_agent.frame.codec import FrameError, decode_frame
+from edge_agent.frame.model import Frame
+
+_INT_TYPES = {"int16", "uint16", "int32", "uint32", "int64", "uint64"}
+
+
+def frame_samples(frame: Frame) -> Iterator[dict[str, object]]:
+    """Every sample of a frame as a dict with the keys tail prints."""
+    boot = frame.boot.hex()
+    for block in frame.blocks:
+        ts = block.ts.tolist()
+        for j, (tag, type_name) in enumerate(zip(block.tags, block.types, strict=True)):
+            values = block.values[:, j].tolist()
+            quality = block.quality[:, j].tolist()
+            flags = block.flags[:, j].tolist()
+            for i in range(len(ts)):
+                yield {
+                    "agent": frame.agent, "boot": boot, "seq": frame.seq, "device": block.device, "tag": tag,
+                    "ts": ts[i], "value": _present(values[i], type_name), "quality": quality[i], "flags": flags[i],
+                }
+
+
+def _present(v: float, type_name: str) -> object:
+    if math.isnan(v) or math.isinf(v):
+        return None  # JSON has no NaN; quality says why the value is missing
+    if type_name == "bool":
+        return bool(v)
+    if type_name in _INT_TYPES:
+        return int(v)
+    return v
+
+
+async def tail(url: str, topic: str, count: int | None, out: TextIO = sys.stdout) -> int:
+    parts = urlsplit(url)
+    if parts.scheme != "mqtt" or not parts.hostname:
+        print(f"edge-agent tail: --broker {url!r}: use mqtt://HOST:PORT", file=sys.stderr)
+        return 2
+    printed = 0
+    async with aiomqtt.Client(parts.hostname, parts.port or 1883) as client:
+        await client.subscribe(topic, qos=1)
+        async for message in client.messages:
+            try:
+                frame = decode_frame(bytes(message.payload))  # type: ignore[arg-type]
+            except FrameError as exc:
+                print(f"edge-agent tail: {message.topic}: not a frame ({exc})", file=sys.stderr)
+                continue
+            for sample in frame_samples(frame):
+                out.write(json.dumps(sample, separators=(",", ":")) + "\n")
+                printed += 1
+                if count is not None and printed >= count:
+                    out.flush()
+                    return 0
+            out.flush()
+    return 0
+
+
+def run_tail(url: str, topic: str, count: int | None) -> int:
+    try:
+        return asyncio.run(tail(url, topic, count))
+    except aiomqtt.MqttError as exc:
+        print(f"edge-agent tail: {url}: {exc}", file=sys.stderr)
+        return 69  # EX_UNAVAILABLE

@@ -1,0 +1,223 @@
+"""The simulated plant: which point lives where, and the one function that says what it reads.
+
+The profile is protocol-neutral (a unit id and a Modbus table per point are just addressing) so the
+Modbus server, a future OPC UA server and the tests all share it. `value_at` is the single source of
+truth: the server encodes exactly what it returns, so a test that knows when it asked can check what
+it got bit for bit.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
+
+from simulators import signals as s
+
+DEFAULT_TICK_NS = 100_000_000  # 100 ms
+
+TABLES = ("hr", "ir", "coil", "di")
+BIT_TABLES = frozenset({"coil", "di"})
+TYPES = ("bool", "int16", "uint16", "int32", "uint32", "float32", "float64")
+
+# Registers (16-bit words) per type; a bool occupies one bit address in a coil/di table.
+WORDS = {"bool": 1, "int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "float64": 4}
+_STRUCT = {"int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I", "float32": ">f", "float64": ">d"}
+_INT_RANGE = {
+    "int16": (-(1 << 15), (1 << 15) - 1),
+    "uint16": (0, (1 << 16) - 1),
+    "int32": (-(1 << 31), (1 << 31) - 1),
+    "uint32": (0, (1 << 32) - 1),
+}
+
+# Counters and meters count from a commissioning date so their magnitudes look like a real plant's
+# (a few years of operation), not like a machine running since 1970.
+COMMISSIONED_S = 1_577_836_800  # 2020-01-01T00:00:00Z
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One PLC tag. `signal` yields engineering units; `scale` maps them to the raw encoded value."""
+
+    device: str
+    unit: int
+    table: str
+    address: int
+    type: str
+    name: str
+    signal: s.Signal
+    scale: float = 1.0
+    eng_unit: str = ""
+    description: str = ""
+
+    @property
+    def words(self) -> int:
+        """Addresses occupied: registers for hr/ir, always 1 for a coil/di bit."""
+        return WORDS[self.type]
+
+    @property
+    def end(self) -> int:
+        """First address after this point (exclusive)."""
+        return self.address + self.words
+
+
+# --- the plant ---------------------------------------------------------------------------------
+
+_SUPPLY = s.Sine(mean=70.0, amplitude=12.0, period_s=600.0, noise=0.3)
+_MODULATION = s.Follow(_SUPPLY, "temp_supply", gain=-3.5, offset=300.0, noise=2.0, lo=0.0, hi=100.0)
+_PRESS_RUNNING = s.SquareWave(period_s=120.0, duty=0.75)
+_FLOW_SETPOINT = s.Steps(levels=(12.0, 18.5, 25.0, 32.0, 40.0), hold_s=30.0)
+_DOOR_CLOSED = s.SquareWave(period_s=600.0, duty=0.92)
+
+PLANT: tuple[Point, ...] = (
+    # boiler, unit 1: holding registers
+    Point("boiler", 1, "hr", 0, "float32", "temp_supply", _SUPPLY,
+          eng_unit="°C", description="supply water temperature, ~58..82"),
+    Point("boiler", 1, "hr", 2, "float32", "temp_return",
+          s.Follow(_SUPPLY, "temp_supply", offset=-16.0, lag_s=90.0, noise=0.2),
+          eng_unit="°C", description="return temperature: supply lagged 90 s, minus ~16 K"),
+    Point("boiler", 1, "hr", 4, "float32", "pressure",
+          s.Sawtooth(low=1.6, high=3.2, period_s=300.0, noise=0.02),
+          eng_unit="bar", description="sawtooth: builds over 5 min, then relieves"),
+    Point("boiler", 1, "hr", 6, "int16", "burner_modulation", _MODULATION,
+          eng_unit="%", description="0..100, fires harder when supply is cold"),
+    Point("boiler", 1, "hr", 7, "uint16", "flame_status_word",
+          s.BitField((
+              (0, s.Threshold(_MODULATION, "burner_modulation", 15.0)),
+              (1, s.SquareWave(period_s=1200.0, duty=0.85)),
+              (2, s.RareEvent(0.001)),
+              (15, s.SquareWave(period_s=2.0, duty=0.5)),
+          )),
+          description="bit0 flame on (modulation>=15), bit1 pump, bit2 lockout (rare), bit15 heartbeat 1 s"),
+    # press, unit 2: input registers and coils
+    Point("press", 2, "ir", 0, "uint16", "motor_current_raw",
+          s.Gated(s.Follow(s.Steps(levels=(4.0, 12.0, 18.0, 24.0, 27.5), hold_s=20.0), "motor_current_raw",
+                           noise=0.4, lo=0.0, hi=30.0),
+                  _PRESS_RUNNING, "running", off_value=0.0),
+          scale=100.0, eng_unit="0.01 A", description="load steps every 20 s, 0 while stopped; 0..3000"),
+    Point("press", 2, "ir", 1, "int16", "oil_temp_x10",
+          s.Sine(mean=30.0, amplitude=34.0, period_s=900.0, noise=0.2),
+          scale=10.0, eng_unit="0.1 °C", description="about -40..640: goes negative on a cold start"),
+    Point("press", 2, "ir", 2, "uint32", "stroke_count",
+          s.Counter(per_minute=14, epoch_s=COMMISSIONED_S),
+          description="14 strokes/min since 2020-01-01 plus seeded offset; wraps at 2**32"),
+    Point("press", 2, "ir", 4, "float64", "energy_kwh",
+          s.Integrator(power_kw=22.5, epoch_s=COMMISSIONED_S),
+          eng_unit="kWh", description="22.5 kW average since 2020-01-01; never decreases"),
+    Point("press", 2, "coil", 0, "bool", "running", _PRESS_RUNNING,
+          description="on 90 s, off 30 s"),
+    Point("press", 2, "coil", 1, "bool", "fault", s.RareEvent(0.002),
+          description="true on ~0.2% of ticks (seeded)"),
+    # mixer, unit 3: holding registers and a discrete input
+    Point("mixer", 3, "hr", 0, "float32", "flow_setpoint", _FLOW_SETPOINT,
+          eng_unit="m³/h", description="steps among 12..40 every 30 s"),
+    Point("mixer", 3, "hr", 2, "float32", "flow_actual",
+          s.FirstOrder(_FLOW_SETPOINT, "flow_setpoint", tau_s=4.0, noise=0.15),
+          eng_unit="m³/h", description="follows setpoint, first-order lag tau 4 s"),
+    Point("mixer", 3, "hr", 4, "int32", "position",
+          s.Sine(mean=0.0, amplitude=180_000.0, period_s=47.0, noise=50.0),
+          eng_unit="counts", description="encoder position, ±180000 (signed)"),
+    Point("mixer", 3, "hr", 6, "uint16", "speed_rpm",
+          s.Gated(s.Sine(mean=1200.0, amplitude=250.0, period_s=180.0, noise=4.0),
+                  _DOOR_CLOSED, "door_closed", off_value=0.0),
+          eng_unit="rpm", description="~950..1450, 0 while the door is open"),
+    Point("mixer", 3, "di", 0, "bool", "door_closed", _DOOR_CLOSED,
+          description="open 48 s every 10 min"),
+)
+
+DEVICES: tuple[str, ...] = tuple(dict.fromkeys(p.device for p in PLANT))
+UNITS: tuple[int, ...] = tuple(dict.fromkeys(p.unit for p in PLANT))
+
+
+def points_for(device: str) -> tuple[Point, ...]:
+    """The device's points in map order; unknown names raise so config typos surface."""
+    pts = tuple(p for p in PLANT if p.device == device)
+    if not pts:
+        raise KeyError(f"unknown device {device!r} (known: {', '.join(DEVICES)})")
+    return pts
+
+
+def point(device: str, name: str) -> Point:
+    """Look a point up by device and name, the way tests and configs refer to them."""
+    for p in points_for(device):
+        if p.name == name:
+            return p
+    raise KeyError(f"device {device!r} has no point {name!r}")
+
+
+# --- value and encoding ------------------------------------------------------------------------
+
+
+def _quantise(p: Point, x: float) -> float:
+    """Raw engineering value -> exactly what the type can carry (saturating ints, float32 rounding)."""
+    if p.type == "bool":
+        return 1.0 if x >= 0.5 else 0.0
+    if p.type == "float32":
+        return struct.unpack(">f", struct.pack(">f", x))[0]
+    if p.type == "float64":
+        return float(x)
+    lo, hi = _INT_RANGE[p.type]
+    return float(min(hi, max(lo, round(x))))
+
+
+def value_at_tick(p: Point, k: int, seed: int, tick_ns: int = DEFAULT_TICK_NS) -> float:
+    """Value served during tick k; tests scan the ticks a request could have landed in with this."""
+    return _quantise(p, p.signal.at(k, seed, p.name, tick_ns) * p.scale)
+
+
+def value_at(p: Point, t_ns: int, seed: int, tick_ns: int = DEFAULT_TICK_NS) -> float:
+    """Exactly the value the server encodes for point p when a request arrives at unix time t_ns.
+
+    float32 points come back float32-rounded, integer types as int-valued floats (scaled and
+    saturated to the type's range), bools as 0.0/1.0.
+    """
+    return value_at_tick(p, t_ns // tick_ns, seed, tick_ns)
+
+
+def encode(p: Point, value: float) -> tuple[int, ...]:
+    """Register words for a value from value_at: big-endian, high word first (ABCD); bools -> (0|1,)."""
+    if p.type == "bool":
+        return (1 if value else 0,)
+    fmt = _STRUCT[p.type]
+    raw = struct.pack(fmt, value if p.type.startswith("float") else int(value))
+    return struct.unpack(f">{len(raw) // 2}H", raw)
+
+
+@cache
+def address_index(points: tuple[Point, ...] = PLANT) -> dict[tuple[int, str], dict[int, tuple[Point, int]]]:
+    """(unit, table) -> {address: (point, word offset inside the point)}; absence means illegal address."""
+    index: dict[tuple[int, str], dict[int, tuple[Point, int]]] = {}
+    for p in points:
+        table = index.setdefault((p.unit, p.table), {})
+        for off in range(p.words):
+            table[p.address + off] = (p, off)
+    return index
+
+
+def validate(points: Iterable[Point]) -> None:
+    """Refuse a profile a real PLC could not have: overlaps, bools in registers, bad tables or types."""
+    seen: dict[tuple[int, str, int], str] = {}
+    names: set[str] = set()
+    units: dict[int, str] = {}
+    for p in points:
+        if p.table not in TABLES or p.type not in TYPES:
+            raise ValueError(f"{p.device}.{p.name}: bad table {p.table!r} or type {p.type!r}")
+        if (p.type == "bool") != (p.table in BIT_TABLES):
+            raise ValueError(f"{p.device}.{p.name}: bools live in coil/di tables, numbers in hr/ir")
+        if not (0 <= p.address and p.end <= 65536):
+            raise ValueError(f"{p.device}.{p.name}: address range {p.address}..{p.end - 1} out of 0..65535")
+        if not 1 <= p.unit <= 247:
+            raise ValueError(f"{p.device}.{p.name}: unit id {p.unit} out of 1..247")
+        if units.setdefault(p.unit, p.device) != p.device:
+            raise ValueError(f"unit {p.unit} is claimed by both {units[p.unit]!r} and {p.device!r}")
+        if p.name in names:  # names key the noise hash, so they must be unique plant-wide
+            raise ValueError(f"{p.device}.{p.name}: point name already used in this plant")
+        names.add(p.name)
+        for a in range(p.address, p.end):
+            other = seen.setdefault((p.unit, p.table, a), p.name)
+            if other != p.name:
+                raise ValueError(f"{p.device}.{p.name} overlaps {other} at {p.table}:{a}")
+
+
+validate(PLANT)

@@ -1,0 +1,541 @@
+"""Frame format v1 codec: exact round trips, size budget, and robustness against malformed bytes."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edge_agent.frame.codec import FrameError, decode_frame, encode_frame
+from edge_agent.frame.model import FORMAT_VERSION, VALUE_TYPES, Block, Frame
+from edge_agent.samples import QUALITY_BAD_COMM, QUALITY_GOOD, QUALITY_UNCERTAIN
+
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+BOOT = bytes(range(16))
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def make_block(device, tags, types, ts, values, quality=None, flags=None) -> Block:
+    values = np.asarray(values, dtype=np.float64).reshape(len(ts), len(tags))
+    shape = values.shape
+    return Block(
+        device=device, tags=tuple(tags), types=tuple(types),
+        ts=np.asarray(ts, dtype=np.int64),
+        values=values,
+        quality=np.zeros(shape, np.uint8) if quality is None else np.asarray(quality, np.uint8),
+        flags=np.zeros(shape, np.uint32) if flags is None else np.asarray(flags, np.uint32),
+    )
+
+
+def assert_frames_identical(a: Frame, b: Frame) -> None:
+    assert (a.agent, a.boot, a.seq, a.created_ns) == (b.agent, b.boot, b.seq, b.created_ns)
+    assert len(a.blocks) == len(b.blocks)
+    for x, y in zip(a.blocks, b.blocks, strict=True):
+        assert x.device == y.device
+        assert x.tags == y.tags and isinstance(y.tags, tuple)
+        assert x.types == y.types and isinstance(y.types, tuple)
+        assert y.ts.dtype == np.int64 and y.values.dtype == np.float64
+        assert y.quality.dtype == np.uint8 and y.flags.dtype == np.uint32
+        n, k = x.ts.shape[0], len(x.tags)
+        assert y.ts.shape == (n,) and y.values.shape == (n, k)
+        assert y.quality.shape == (n, k) and y.flags.shape == (n, k)
+        np.testing.assert_array_equal(y.ts, x.ts)
+        # Bit-exact: NaN payloads and the sign of zero must survive, which == cannot check.
+        np.testing.assert_array_equal(y.values.view(np.uint64), x.values.view(np.uint64))
+        np.testing.assert_array_equal(y.quality, x.quality)
+        np.testing.assert_array_equal(y.flags, x.flags)
+
+
+def roundtrip(frame: Frame) -> Frame:
+    out = decode_frame(encode_frame(frame))
+    assert_frames_identical(frame, out)
+    return out
+
+
+def tag_encodings(data: bytes) -> list[list[str]]:
+    doc = msgpack.unpackb(data, raw=False)
+    return [[tag[2] for tag in block[2]] for block in doc[6]]
+
+
+# --------------------------------------------------------------------------------------------------
+# strategies
+# --------------------------------------------------------------------------------------------------
+
+INT_RANGES = {
+    "int8": (-(2**7), 2**7 - 1), "uint8": (0, 2**8 - 1),
+    "int16": (-(2**15), 2**15 - 1), "uint16": (0, 2**16 - 1),
+    "int32": (-(2**31), 2**31 - 1), "uint32": (0, 2**32 - 1),
+    "int64": (INT64_MIN, INT64_MAX), "uint64": (0, 2**64 - 1),
+}
+# float64 values at the edges of the integer encodings. 2**63-1 and 2**64-1 are not float64: they
+# round to 2**63 and 2**64, which must leave i8 (resp. u8) and still round-trip.
+EDGE_FLOATS = [
+    float(-(2**63)), float(2**63 - 1), float(2**63), float(2**63 - 1024), float(2**64 - 2048),
+    float(2**64 - 1), float(2**64), -(2.0**53) - 2, 2.0**53 + 2, -0.0, 0.0, 1.0, -1.0,
+    127.0, 128.0, -128.0, -129.0, 255.0, 256.0, 32767.0, 32768.0, -32768.0, -32769.0, 65535.0, 65536.0,
+    2.0**31, -(2.0**31) - 1, 2.0**32 - 1, 2.0**32, 5e-324, -5e-324, 1.7976931348623157e308,
+    float("inf"), float("-inf"), float("nan"), 3.4028234663852886e38, 1.401298464324817e-45, 0.1,
+]
+NAN_BITS = [
+    0x7FF8000000000000, 0xFFF8000000000000, 0x7FF0000000000001, 0x7FF4000000000000,
+    0x7FFC000000000000, 0x7FF8000020000000, 0xFFFFFFFFFFFFFFFF, 0x7FF8000000000001,
+]
+
+
+def bits_to_float(bits: int) -> float:
+    return struct.unpack("<d", struct.pack("<Q", bits))[0]
+
+
+any_float = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(EDGE_FLOATS),
+    st.sampled_from(NAN_BITS).map(bits_to_float),
+    st.integers(0, 2**64 - 1).map(bits_to_float),  # every bit pattern, signalling NaNs included
+)
+
+
+@st.composite
+def value_column(draw, n: int) -> tuple[str, list[float]]:
+    kind = draw(st.sampled_from(
+        ["float", "float32", "bool", "int", "edge", "constant", "int_with_negzero", "mixed"]
+    ))
+    if kind == "float":
+        return draw(st.sampled_from(["float64", "float32"])), draw(st.lists(any_float, min_size=n, max_size=n))
+    if kind == "float32":
+        f32 = st.floats(width=32, allow_nan=True, allow_infinity=True)
+        return "float32", draw(st.lists(f32, min_size=n, max_size=n))
+    if kind == "bool":
+        return "bool", [float(v) for v in draw(st.lists(st.booleans(), min_size=n, max_size=n))]
+    if kind == "int":
+        name = draw(st.sampled_from(sorted(INT_RANGES)))
+        lo, hi = INT_RANGES[name]
+        ints = draw(st.lists(st.integers(lo, hi), min_size=n, max_size=n))
+        declared = name if name in VALUE_TYPES else "int16" if name == "int8" else "uint16"
+        return declared, [float(v) for v in ints]
+    if kind == "edge":
+        return "float64", draw(st.lists(st.sampled_from(EDGE_FLOATS), min_size=n, max_size=n))
+    if kind == "constant":
+        return draw(st.sampled_from(VALUE_TYPES)), [draw(any_float)] * n
+    if kind == "int_with_negzero":
+        ints = [float(v) for v in draw(st.lists(st.integers(-100, 100), min_size=n, max_size=n))]
+        if n:
+            ints[draw(st.integers(0, n - 1))] = -0.0
+        return "int16", ints
+    return draw(st.sampled_from(VALUE_TYPES)), draw(
+        st.lists(st.one_of(any_float, st.integers(-5, 5).map(float)), min_size=n, max_size=n)
+    )
+
+
+@st.composite
+def ts_column(draw, n: int) -> list[int]:
+    kind = draw(st.sampled_from(["regular", "extreme", "equal", "shuffled"]))
+    if kind == "extreme":
+        return draw(st.lists(
+            st.one_of(st.integers(INT64_MIN, INT64_MAX), st.sampled_from([INT64_MIN, INT64_MAX, 0, -1])),
+            min_size=n, max_size=n,
+        ))
+    t0 = draw(st.integers(0, 2**62))
+    if kind == "equal":
+        return [t0] * n
+    period = draw(st.sampled_from([1, 1_000, 100_000_000, 1_000_000_000, 60_000_000_000]))
+    jitter = draw(st.lists(st.integers(-1_000_000, 1_000_000), min_size=n, max_size=n))
+    out = [t0 + i * period + j for i, j in enumerate(jitter)]
+    if kind == "shuffled":
+        out = draw(st.permutations(out))
+    return list(out)
+
+
+@st.composite
+def uint_matrix(draw, n: int, k: int, dtype, choices: list[int]) -> np.ndarray:
+    hi = np.iinfo(dtype).max
+    element = st.one_of(st.sampled_from(choices), st.integers(0, hi))
+    cols = []
+    for _ in range(k):
+        if draw(st.booleans()):
+            cols.append([draw(element)] * n)
+        else:
+            cols.append(draw(st.lists(element, min_size=n, max_size=n)))
+    return np.array(cols, dtype=dtype).T.reshape(n, k)
+
+
+names = st.text(min_size=0, max_size=12)
+
+
+@st.composite
+def blocks(draw, max_rows: int = 50, max_tags: int = 8) -> Block:
+    n = draw(st.integers(0, max_rows))
+    k = draw(st.integers(1, max_tags))
+    cols = [draw(value_column(n)) for _ in range(k)]
+    values = np.array([c[1] for c in cols], dtype=np.float64).T.reshape(n, k)
+    return Block(
+        device=draw(names),
+        tags=tuple(draw(st.lists(names, min_size=k, max_size=k))),
+        types=tuple(c[0] for c in cols),
+        ts=np.array(draw(ts_column(n)), dtype=np.int64),
+        values=values,
+        quality=draw(uint_matrix(n, k, np.uint8, [0x00, 0x40, 0x80, 0x81, 0x82, 0x83, 0x84])),
+        flags=draw(uint_matrix(n, k, np.uint32, [0, 1, 2**31, 2**32 - 1])),
+    )
+
+
+@st.composite
+def frames(draw, max_blocks: int = 3) -> Frame:
+    return Frame(
+        agent=draw(names),
+        boot=draw(st.binary(min_size=16, max_size=16)),
+        seq=draw(st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 1, 2**32, 2**64 - 1]))),
+        created_ns=draw(st.integers(INT64_MIN, INT64_MAX)),
+        blocks=draw(st.lists(blocks(), max_size=max_blocks)),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# round trips
+# --------------------------------------------------------------------------------------------------
+
+
+@FAST
+@given(frames())
+def test_roundtrip_property(frame: Frame) -> None:
+    roundtrip(frame)
+
+
+@settings(max_examples=60, deadline=None)
+@given(frames())
+def test_encoding_is_deterministic(frame: Frame) -> None:
+    data = encode_frame(frame)
+    assert encode_frame(decode_frame(data)) == data
+
+
+def test_empty_frame() -> None:
+    frame = Frame(agent="gw-1", boot=BOOT, seq=0, created_ns=0)
+    out = roundtrip(frame)
+    assert out.blocks == []
+
+
+def test_block_with_zero_rows() -> None:
+    block = make_block("plc", ["a", "b"], ["float32", "bool"], [], np.empty((0, 2)))
+    out = roundtrip(Frame("gw", BOOT, 7, 1, [block]))
+    assert out.blocks[0].values.shape == (0, 2)
+
+
+def test_block_with_one_row_and_block_with_no_tags() -> None:
+    one = make_block("plc", ["a"], ["int16"], [123], [[-7.0]])
+    none = make_block("plc", [], [], [1, 2, 3], np.empty((3, 0)))
+    roundtrip(Frame("gw", BOOT, 7, 1, [one, none]))
+
+
+def test_unicode_names() -> None:
+    block = make_block(
+        "Presse-Ø 3 · 温度计 🌡", ["Température °C", "压力/bar", "ключ\u0000null", ""],
+        ["float64", "float32", "int32", "bool"], [1, 2],
+        [[1.5, 2.5, -3, 1], [np.nan, -np.inf, 4, 0]],
+    )
+    roundtrip(Frame("agent-ünïcode-✓", BOOT, 1, -5, [block]))
+
+
+def test_nan_payloads_and_negative_zero_are_bit_exact() -> None:
+    col = [bits_to_float(b) for b in NAN_BITS] + [-0.0, 0.0]
+    n = len(col)
+    values = np.array([col, col[::-1], [-0.0] * n, [bits_to_float(0x7FF0000000000001)] * n]).T
+    block = make_block("d", ["a", "b", "c", "d"], ["float64"] * 4, range(n), values)
+    roundtrip(Frame("gw", BOOT, 1, 1, [block]))
+
+
+def test_integer_edges_pick_the_exact_encoding() -> None:
+    cases = {
+        "u1": [0.0, 255.0], "i1": [-128.0, 127.0], "u2": [0.0, 65535.0], "i2": [-32768.0, 0.0],
+        "u4": [0.0, 2.0**32 - 1], "i4": [-(2.0**31), 2.0**31 - 1],
+        "i8": [float(INT64_MIN), 2.0**63 - 1024], "u8": [2.0**63, 2.0**64 - 2048],
+        # 2**64 is float(2**64 - 1): out of every integer range. f4 holds it exactly (a power of two).
+        "f4": [0.0, 2.0**64], "f8": [-0.0, 0.1],
+    }
+    k = len(cases)
+    values = np.array(list(cases.values())).T
+    # Give every column a distinct pair so the constant encoding cannot win.
+    block = make_block("d", list(cases), ["float64"] * k, [0, 1], values)
+    data = encode_frame(Frame("gw", BOOT, 1, 1, [block]))
+    assert tag_encodings(data) == [list(cases)]
+    roundtrip(Frame("gw", BOOT, 1, 1, [block]))
+
+
+def test_negative_zero_never_uses_an_integer_encoding() -> None:
+    values = np.array([[0.0, 1.0, 2.0, -0.0] * 4]).T
+    block = make_block("d", ["a"], ["int16"], range(16), values)
+    data = encode_frame(Frame("gw", BOOT, 1, 1, [block]))
+    assert tag_encodings(data) == [["f4"]]
+    roundtrip(Frame("gw", BOOT, 1, 1, [block]))
+
+
+def test_constant_bool_and_uniform_columns_are_compact() -> None:
+    n = 64
+    values = np.column_stack([np.full(n, 42.5), np.arange(n) % 2])
+    quality = np.full((n, 2), QUALITY_UNCERTAIN, np.uint8)
+    quality[5, 1] = QUALITY_BAD_COMM
+    flags = np.zeros((n, 2), np.uint32)
+    flags[7, 1] = 1
+    block = make_block("d", ["static", "motor_on"], ["float32", "bool"], range(n), values, quality, flags)
+    data = encode_frame(Frame("gw", BOOT, 1, 1, [block]))
+    tags = msgpack.unpackb(data, raw=False)[6][0][2]
+    assert tags[0][2:] == ["k", 42.5, QUALITY_UNCERTAIN, 0]
+    assert tags[1][2] == "b" and len(tags[1][3]) == n // 8
+    assert len(tags[1][4]) == n and len(tags[1][5]) == 4 * n
+    roundtrip(Frame("gw", BOOT, 1, 1, [block]))
+
+
+def test_timestamp_deltas_use_the_narrowest_width() -> None:
+    def ts_enc(ts: list[int]) -> str:
+        block = make_block("d", ["a"], ["int16"], ts, np.zeros((len(ts), 1)))
+        data = encode_frame(Frame("gw", BOOT, 1, 1, [block]))
+        roundtrip(Frame("gw", BOOT, 1, 1, [block]))
+        return msgpack.unpackb(data, raw=False)[6][0][1][2]
+
+    assert ts_enc([5, 5, 5, -100]) == "i1"
+    assert ts_enc([0, 1000, 2000]) == "i2"
+    assert ts_enc([0, 10**9, 2 * 10**9 + 1234]) == "i4"
+    assert ts_enc([0, 10**12]) == "i8"
+    # Wrap-around deltas: the difference overflows int64 but still round-trips.
+    assert ts_enc([INT64_MIN, INT64_MAX, INT64_MIN]) == "i1"  # deltas are -1 and +1 modulo 2**64
+
+
+def test_decoder_ignores_unknown_trailing_elements() -> None:
+    """v1 is extended by appending array elements; a v1 decoder must keep working."""
+    block = make_block("d", ["a", "b"], ["float32", "int16"], [1, 2, 3],
+                       [[0.5, 1], [1.5, 2], [np.nan, 3]], flags=[[0, 1], [0, 0], [1, 0]])
+    frame = Frame("gw", BOOT, 9, 10, [block])
+    doc = msgpack.unpackb(encode_frame(frame), raw=False)
+    doc.append({"future": [1, 2]})
+    doc[6][0].append("block extension")
+    doc[6][0][1].append(b"ts extension")
+    for tag in doc[6][0][2]:
+        tag.extend([b"\x00\x01\x02", 3.5, None])
+    extended = msgpack.packb(doc, use_bin_type=True)
+    assert_frames_identical(frame, decode_frame(extended))
+
+
+def test_decoder_accepts_any_msgpack_int_width() -> None:
+    """The spec lets encoders in other languages write ints wider than needed (e.g. always uint64)."""
+    frame = Frame("gw", BOOT, 3, 5, [make_block("d", ["a"], ["int16"], [7], [[1.0]])])
+    data = encode_frame(frame)
+    # seq=3 (positive fixint 0x03) -> uint 64 0xcf, created_ns=5 -> int 64 0xd3.
+    prefix = data.index(BOOT) + len(BOOT)
+    assert data[prefix:prefix + 2] == b"\x03\x05"
+    wide = data[:prefix] + b"\xcf" + (3).to_bytes(8, "big") + b"\xd3" + (5).to_bytes(8, "big") + data[prefix + 2:]
+    assert_frames_identical(frame, decode_frame(wide))
+
+
+# --------------------------------------------------------------------------------------------------
+# size budget
+# --------------------------------------------------------------------------------------------------
+
+
+def _telemetry_frame() -> Frame:
+    rng = np.random.default_rng(1234)
+    n, k = 100, 10
+    t0 = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
+    ts = t0 + np.arange(n, dtype=np.int64) * 1_000_000_000 + rng.integers(-1_000_000, 1_000_000, n)
+    base = rng.uniform(10, 500, k)
+    values = (base + rng.normal(0, 1, (n, k)).cumsum(axis=0)).astype(np.float32).astype(np.float64)
+    tags = tuple(f"press{j // 4 + 1}.temp_{j:02d}" for j in range(k))
+    block = Block(
+        device="plc-line-3", tags=tags, types=("float32",) * k, ts=ts, values=values,
+        quality=np.full((n, k), QUALITY_GOOD, np.uint8), flags=np.zeros((n, k), np.uint32),
+    )
+    return Frame(agent="edge-gw-0042", boot=BOOT, seq=123_456, created_ns=int(ts[-1]) + 5_000_000,
+                 blocks=[block])
+
+
+def _json_lines(frame: Frame) -> bytes:
+    lines = []
+    for b in frame.blocks:
+        for i in range(b.values.shape[0]):
+            for j, tag in enumerate(b.tags):
+                lines.append(json.dumps({
+                    "agent": frame.agent, "boot": frame.boot.hex(), "seq": frame.seq,
+                    "device": b.device, "tag": tag, "ts": int(b.ts[i]), "value": float(b.values[i, j]),
+                    "quality": int(b.quality[i, j]), "flags": int(b.flags[i, j]),
+                }, separators=(",", ":")))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def test_bytes_per_point_budget() -> None:
+    frame = _telemetry_frame()
+    data = encode_frame(frame)
+    assert tag_encodings(data) == [["f4"] * 10]
+    per_point = len(data) / frame.points
+    ratio = len(_json_lines(frame)) / len(data)
+    print(f"frame {len(data)} B, {per_point:.2f} B/point, JSON lines {ratio:.1f}x larger")
+    assert per_point < 5.0
+    assert ratio >= 8.0
+    roundtrip(frame)
+
+
+# --------------------------------------------------------------------------------------------------
+# malformed input: FrameError and nothing else
+# --------------------------------------------------------------------------------------------------
+
+
+def _decode_or_frame_error(data: bytes) -> None:
+    try:
+        decode_frame(data)
+    except FrameError as exc:
+        msg = str(exc)
+        assert msg and "\n" not in msg
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_fuzz_random_bytes(data: bytes) -> None:
+    _decode_or_frame_error(data)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=5)
+    | st.binary(max_size=20),
+    lambda inner: st.lists(inner, max_size=8),
+    max_leaves=30,
+), max_size=9))
+def test_fuzz_random_msgpack_documents(doc: list) -> None:
+    doc = [FORMAT_VERSION, *doc[1:]] if doc and doc[0] is None else doc
+    _decode_or_frame_error(msgpack.packb(doc, use_bin_type=True))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames(max_blocks=2), st.data())
+def test_fuzz_mutated_bytes(frame: Frame, data: st.DataObject) -> None:
+    raw = bytearray(encode_frame(frame))
+    for _ in range(data.draw(st.integers(1, 4))):
+        op = data.draw(st.sampled_from(["flip", "set", "truncate", "insert", "delete"]))
+        pos = data.draw(st.integers(0, max(len(raw) - 1, 0)))
+        if op == "flip" and raw:
+            raw[pos] ^= 1 << data.draw(st.integers(0, 7))
+        elif op == "set" and raw:
+            raw[pos] = data.draw(st.integers(0, 255))
+        elif op == "truncate":
+            del raw[pos:]
+        elif op == "insert":
+            raw[pos:pos] = data.draw(st.binary(min_size=1, max_size=4))
+        elif op == "delete" and raw:
+            del raw[pos]
+    _decode_or_frame_error(bytes(raw))
+
+
+def _nodes(doc, path=()):
+    yield path
+    if isinstance(doc, list):
+        for i, child in enumerate(doc):
+            yield from _nodes(child, (*path, i))
+
+
+replacement = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(max_size=4),
+    st.binary(max_size=40), st.lists(st.integers(0, 3), max_size=7), st.sampled_from(
+        ["k", "b", "u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "f4", "f8", "zz"]),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames(max_blocks=2), st.data())
+def test_fuzz_structurally_mutated_frames(frame: Frame, data: st.DataObject) -> None:
+    """Swap one node of the decoded msgpack tree: reaches the field checks that byte flips rarely hit."""
+    doc = msgpack.unpackb(encode_frame(frame), raw=False)
+    paths = [p for p in _nodes(doc) if p]
+    path = data.draw(st.sampled_from(paths))
+    parent = doc
+    for i in path[:-1]:
+        parent = parent[i]
+    if data.draw(st.booleans()):
+        parent[path[-1]] = data.draw(replacement)
+    else:
+        del parent[path[-1]]
+    _decode_or_frame_error(msgpack.packb(doc, use_bin_type=True))
+
+
+def _valid_doc() -> list:
+    block = make_block("d", ["a"], ["int16"], [1, 2, 3], [[1.0], [2.0], [300.0]],
+                       quality=[[0], [0x81], [0]], flags=[[0], [0], [1]])
+    return msgpack.unpackb(encode_frame(Frame("gw", BOOT, 1, 1, [block])), raw=False)
+
+
+def _pack(doc) -> bytes:
+    return msgpack.packb(doc, use_bin_type=True)
+
+
+@pytest.mark.parametrize(("mutate", "message"), [
+    (lambda d: d.__setitem__(0, 2), "unsupported frame version 2"),
+    (lambda d: d.__setitem__(0, True), "unsupported frame version"),
+    (lambda d: d.__setitem__(5, 1), "zstd-compressed frames need"),
+    (lambda d: d.__setitem__(5, 7), "unknown body encoding 7"),
+    (lambda d: d.__setitem__(2, b"short"), "boot is 5 bytes"),
+    (lambda d: d.__setitem__(3, -1), "seq=-1 out of range"),
+    (lambda d: d.__setitem__(4, 2**63), "created_ns"),
+    (lambda d: d.__setitem__(1, b"agent"), "agent must be a msgpack str"),
+    (lambda d: d.__delitem__(6), "at least 7"),
+    (lambda d: d[6][0][1].__setitem__(0, 4), "deltas are 2 bytes, n=4"),
+    (lambda d: d[6][0][1].__setitem__(2, "u1"), "unknown delta encoding"),
+    (lambda d: d[6][0][2][0].__setitem__(2, "i1"), "values are 6 bytes, n=3 with i1 needs 3"),
+    (lambda d: d[6][0][2][0].__setitem__(2, "x9"), "unknown value encoding"),
+    (lambda d: d[6][0][2][0].__setitem__(2, "k"), "'k' values must be a msgpack float"),
+    (lambda d: d[6][0][2][0].__setitem__(4, b"\x00"), "quality: 1 bytes, n=3 needs 3"),
+    (lambda d: d[6][0][2][0].__setitem__(4, 256), "quality=256 out of range"),
+    (lambda d: d[6][0][2][0].__setitem__(5, b"\x00" * 3), "flags: 3 bytes, n=3 needs 12"),
+    (lambda d: d[6][0][2][0].__setitem__(5, 2**32), "flags=4294967296 out of range"),
+    (lambda d: d[6][0][2][0].__setitem__(5, False), "flags must be a msgpack uint or bin"),
+    (lambda d: d[6][0][2][0].__delitem__(5), "has 5 elements, needs at least 6"),
+    (lambda d: d[6][0].__setitem__(2, {"a": 1}), "tags must be a msgpack array"),
+])
+def test_specific_errors(mutate, message: str) -> None:
+    doc = _valid_doc()
+    mutate(doc)
+    with pytest.raises(FrameError, match=message):
+        decode_frame(_pack(doc))
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\x00", b"\x91", b"\xc1", b"\xdd\xff\xff\xff\xff", b"\xc6\xff\xff\xff\xff",
+    _pack(_valid_doc())[:-1], _pack(_valid_doc()) + b"\x00", b"\x91" * 5000, _pack({"a": 1}),
+    _pack([1, "gw", BOOT, 1, 1, 0, [["d", [10**9, 0, "i1", b""], []]]]),  # n disagrees with deltas
+])
+def test_malformed_bytes_raise_frame_error(data: bytes) -> None:
+    with pytest.raises(FrameError):
+        decode_frame(data)
+
+
+def test_max_points_bounds_constant_column_expansion() -> None:
+    n, k = 1001, 200  # tiny on the wire (constant columns) but 200k points once decoded
+    block = make_block("d", [f"t{j}" for j in range(k)], ["float64"] * k, range(n), np.ones((n, k)))
+    data = encode_frame(Frame("gw", BOOT, 1, 1, [block]))
+    assert len(data) < n + 30 * k + 100
+    assert decode_frame(data).points == n * k
+    with pytest.raises(FrameError, match="max_points"):
+        decode_frame(data, max_points=n * k - 1)
+
+
+def test_encoder_rejects_unrepresentable_frames() -> None:
+    good = make_block("d", ["a"], ["int16"], [1], [[1.0]])
+    with pytest.raises(ValueError, match="boot"):
+        encode_frame(Frame("gw", b"x", 1, 1, [good]))
+    with pytest.raises(ValueError, match="seq"):
+        encode_frame(Frame("gw", BOOT, -1, 1, [good]))
+    with pytest.raises(ValueError, match="type"):
+        encode_frame(Frame("gw", BOOT, 1, 1, [make_block("d", ["a"], ["int8"], [1], [[1.0]])]))
+    bad_shape = make_block("d", ["a"], ["int16"], [1], [[1.0]])
+    bad_shape.quality = np.zeros((2, 1), np.uint8)
+    with pytest.raises(ValueError, match="quality"):
+        encode_frame(Frame("gw", BOOT, 1, 1, [bad_shape]))
+    lossy = make_block("d", ["a"], ["int16"], [1], [[1.0]])
+    lossy.ts = np.array([1], dtype=np.uint64)
+    with pytest.raises(ValueError, match="ts"):
+        encode_frame(Frame("gw", BOOT, 1, 1, [lossy]))
