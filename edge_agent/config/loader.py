@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from edge_agent.config.models import (
+    FILTER_KINDS,
     AgentSection,
     BatchSection,
     DeviceBase,
@@ -77,7 +78,9 @@ def load_config(path: str | Path) -> Config:
         raw = None
         # Keep going into the devices so their problems are reported in the same run.
     raw_devices = doc.get("devices") if isinstance(doc.get("devices"), list) else []
-    filters = raw.filters if raw else {}
+    # References are checked against the names declared, even when a filter's own body is invalid
+    # (that is reported already): one mistake must not echo as a second, misleading one.
+    filters = doc.get("filters") if isinstance(doc.get("filters"), dict) else {}
 
     registry = plugins()
     devices: list[tuple[int, DeviceBase]] = []
@@ -148,6 +151,8 @@ def _format(label: str, exc: ValidationError, model: type[BaseModel], prefix: tu
     lines = []
     for err in exc.errors(include_url=False):
         loc = prefix + tuple(err["loc"])
+        if len(loc) >= 3 and loc[0] == "filters" and loc[2] in FILTER_KINDS:
+            loc = loc[:2] + loc[3:]  # pydantic names the union member; the file has no such key
         lines.append(f"{label}: {_loc_text(loc)}: {_message(err, model, tuple(err['loc']))}")
     return lines
 

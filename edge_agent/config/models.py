@@ -5,7 +5,7 @@ typo that silently falls back to a default is how a gateway ends up polling the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -86,6 +86,9 @@ class LimitsFilter(Section):
         return self
 
 
+# Every filter kind's model; FilterSpec becomes their discriminated union as kinds are added.
+FILTER_MODELS: tuple[type[Section], ...] = (LimitsFilter,)
+FILTER_KINDS = frozenset(k for m in FILTER_MODELS for k in get_args(m.model_fields["kind"].annotation))
 FilterSpec = Annotated[LimitsFilter, Field(discriminator="kind")]
 
 

@@ -1,0 +1,215 @@
+"""Config errors: every problem one line `FILE: key.path: message`, exit 78, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge_agent.cli import main
+from edge_agent.config.loader import EX_CONFIG, load_config
+from tests.conftest import EXAMPLE
+
+MINIMAL = """
+[agent]
+id = "line1"
+state_dir = "./state"
+
+[filters.hot]
+kind = "limits"
+hi = 90.0
+
+[[devices]]
+name = "boiler"
+protocol = "modbus"
+endpoint = "tcp://127.0.0.1:5020"
+
+[[devices.tags]]
+name = "temp"
+address = "hr:0"
+type = "float32"
+filters = ["hot"]
+
+[[devices]]
+name = "press"
+protocol = "modbus"
+endpoint = "tcp://127.0.0.1:5020"
+unit = 2
+poll_interval = "100ms"
+
+[[devices.tags]]
+name = "current"
+address = "ir:0"
+type = "uint16"
+
+[[devices.tags]]
+name = "count"
+address = "ir:2"
+type = "uint32"
+
+[[devices.tags]]
+name = "running"
+address = "coil:0"
+type = "bool"
+
+[[devices.tags]]
+name = "energy"
+address = "ir:4"
+type = "float64"
+"""
+
+
+def check(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str], str]:
+    path = tmp_path / "plant.toml"
+    path.write_text(text)
+    rc = main(["check", "-c", str(path)])
+    out, err = capsys.readouterr()
+    return rc, [line for line in err.splitlines() if line], out
+
+
+def test_example_config_is_valid_and_summarised(capsys):
+    rc = main(["check", "-c", str(EXAMPLE)])
+    out, err = capsys.readouterr()
+    assert rc == 0 and err == ""
+    assert "3, 16 tags, 5 requests per poll" in out
+    assert "mqtt://127.0.0.1:1883 topic edge/plant-demo/data" in out
+    assert "supply_temp (limits)" in out
+
+
+def test_minimal_config_loads_with_defaults(tmp_path):
+    path = tmp_path / "plant.toml"
+    path.write_text(MINIMAL)
+    cfg = load_config(path)
+    assert [d.name for d in cfg.devices] == ["boiler", "press"]
+    assert cfg.devices[0].poll_interval == 1_000_000_000
+    assert cfg.devices[1].poll_interval == 100_000_000
+    assert cfg.batch.max_interval == 1_000_000_000
+    assert cfg.uplink.keepalive == 30_000_000_000
+
+
+def test_check_plan_prints_requests(tmp_path, capsys):
+    path = tmp_path / "plant.toml"
+    path.write_text(MINIMAL)
+    assert main(["check", "--plan", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "fc=04 unit=2 ir:0..7 count=8 tags=current,count,energy" in out
+    assert "fc=01 unit=2 coil:0..0 count=1 tags=running" in out
+
+
+def test_misspelled_type_names_the_full_path(tmp_path, capsys):
+    rc, lines, _ = check(tmp_path, MINIMAL.replace('type = "float64"', 'type = "flot32"'), capsys)
+    assert rc == EX_CONFIG
+    assert len(lines) == 1
+    assert lines[0].startswith("plant.toml: devices[1].tags[3].type: 'flot32' is not one of 'bool', 'int16'")
+
+
+def test_unknown_key_is_an_error_with_a_suggestion(tmp_path, capsys):
+    rc, lines, _ = check(tmp_path, MINIMAL.replace('poll_interval = "100ms"', 'pol_interval = "100ms"'), capsys)
+    assert rc == EX_CONFIG
+    assert lines == ["plant.toml: devices[1].pol_interval: unknown key (did you mean 'poll_interval'?)"]
+
+
+def test_every_problem_is_reported_at_once(tmp_path, capsys):
+    text = (
+        MINIMAL.replace('id = "line1"', 'id = "line 1"')
+        .replace('type = "float64"', 'type = "double"')
+        .replace('poll_interval = "100ms"', 'poll_interval = 100')
+        .replace('hi = 90.0', 'hi = 90.0\nhihi = 95.0')
+    )
+    rc, lines, _ = check(tmp_path, text, capsys)
+    assert rc == EX_CONFIG
+    assert len(lines) == 4, lines
+    joined = "\n".join(lines)
+    assert "plant.toml: agent.id: 'line 1' is not a valid name" in joined
+    assert "plant.toml: devices[1].tags[3].type: 'double' is not one of" in joined
+    assert 'plant.toml: devices[1].poll_interval: expected a duration string such as "500ms"' in joined
+    assert "plant.toml: filters.hot.hihi: unknown key" in joined
+
+
+def test_missing_file_is_one_line(tmp_path, capsys):
+    rc = main(["check", "-c", str(tmp_path / "nope.toml")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == EX_CONFIG
+    assert err == [f"{tmp_path / 'nope.toml'}: cannot read config: No such file or directory"]
+
+
+def test_toml_syntax_error_gives_line_and_column(tmp_path, capsys):
+    rc, lines, _ = check(tmp_path, MINIMAL.replace('unit = 2', 'unit = = 2'), capsys)
+    assert rc == EX_CONFIG
+    assert len(lines) == 1
+    assert lines[0].startswith("plant.toml: TOML syntax error:")
+    line_no = MINIMAL.splitlines().index("unit = 2") + 1
+    assert f"(at line {line_no}, column 8)" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ('name = "count"', 'name = "current"',
+         "plant.toml: devices[1].tags[1].name: duplicate tag name 'current' in device 'press' (also tags[0])"),
+        ('name = "press"', 'name = "boiler"',
+         "plant.toml: devices[1].name: duplicate device name 'boiler' (also devices[0])"),
+        ('address = "ir:4"', 'address = "ir:65533"',
+         "plant.toml: devices[1].tags[3]: float64 at ir:65533 needs registers 65533..65536, past the last address"),
+        ('address = "ir:0"', 'address = "ir:70000"',
+         "plant.toml: devices[1].tags[0].address: 'ir:70000': address out of range 0..65535"),
+        ('address = "ir:0"', 'address = "40001"',
+         "plant.toml: devices[1].tags[0].address: '40001' is not an address"),
+        ('address = "coil:0"', 'address = "hr:9"',
+         "plant.toml: devices[1].tags[2]: hr holds 16-bit registers"),
+        ('filters = ["hot"]', 'filters = ["hott"]',
+         "plant.toml: devices[0].tags[0].filters[0]: no filter named 'hott' (filters: 'hot')"),
+        ('protocol = "modbus"\nendpoint = "tcp://127.0.0.1:5020"\nunit = 2', 'protocol = "profinet"\nunit = 2',
+         "plant.toml: devices[1].protocol: 'profinet' is not one of 'modbus'"),
+        ('endpoint = "tcp://127.0.0.1:5020"\nunit = 2', 'endpoint = "udp://127.0.0.1:5020"\nunit = 2',
+         "plant.toml: devices[1].endpoint: 'udp://127.0.0.1:5020': use tcp://HOST:PORT"),
+        ('poll_interval = "100ms"', 'poll_interval = "0s"', "plant.toml: devices[1].poll_interval: must be greater"),
+        ('poll_interval = "100ms"', 'poll_interval = "5 sec"', "plant.toml: devices[1].poll_interval: '5 sec' is not a"),
+        ('hi = 90.0', 'lo = 95.0\nhi = 90.0', "plant.toml: filters.hot: lo (95.0) must be below hi (90.0)"),
+        ('kind = "limits"', 'kind = "limit"', "plant.toml: filters.hot: 'limit' is not one of 'limits'"),
+        ('[agent]\nid = "line1"\nstate_dir = "./state"', '', "plant.toml: agent: required key is missing"),
+        ('unit = 2', 'unit = 300', "plant.toml: devices[1].unit: Input should be less than or equal to 255 (got 300)"),
+    ],
+)
+def test_semantic_errors_are_one_clear_line(tmp_path, capsys, old, new, expected):
+    assert old in MINIMAL
+    rc, lines, _ = check(tmp_path, MINIMAL.replace(old, new, 1), capsys)
+    assert rc == EX_CONFIG
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(expected), lines[0]
+
+
+def test_run_with_invalid_config_exits_78_without_traceback(tmp_path):
+    path = tmp_path / "plant.toml"
+    path.write_text(MINIMAL.replace('type = "float64"', 'type = "flot32"'))
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "run", "-c", str(path)],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == EX_CONFIG
+    assert proc.stderr.strip().splitlines() == [
+        "plant.toml: devices[1].tags[3].type: 'flot32' is not one of 'bool', 'int16', 'uint16', 'int32', "
+        "'uint32', 'int64', 'uint64', 'float32' or 'float64'"
+    ]
+    assert proc.stdout == ""
+
+
+def test_unwritable_state_dir_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    path = tmp_path / "plant.toml"
+    path.write_text(MINIMAL.replace('state_dir = "./state"', f'state_dir = "{blocker}/state"'))
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "run", "-c", str(path)],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 73
+    assert proc.stderr.strip().splitlines() == [f"plant.toml: agent.state_dir: cannot write {blocker}/state: Not a directory"]
+
+
+def test_version():
+    proc = subprocess.run([sys.executable, "-m", "edge_agent.cli", "--version"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "edge-agent 0.1.0"
