@@ -1,0 +1,54 @@
+"""The batcher closes on points or age, and groups tags that share a time column."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+from edge_agent.batcher import Batcher, split_by_timestamps
+from edge_agent.frame.model import Block
+from edge_agent.samples import Batch
+
+DEVICES = [("a", ("x", "y", "z"), ("float32", "int16", "bool")), ("b", ("w",), ("float64",))]
+
+
+def row(device: str, k: int, t: int, ts_per_tag: list[int] | None = None) -> Batch:
+    b = Batch.empty(device, 1, k)
+    b.ts[0] = ts_per_tag if ts_per_tag is not None else t
+    b.values[0] = np.arange(k) + t
+    b.quality[0] = 0
+    return b
+
+
+async def test_closes_on_max_points():
+    closed: list[list[Block]] = []
+    batcher = Batcher(DEVICES, max_points=7, max_interval_ns=60_000_000_000, on_close=closed.append)
+    batcher.add(row("a", 3, 1))
+    batcher.add(row("b", 1, 1))
+    assert closed == []
+    batcher.add(row("a", 3, 2))  # 7 points
+    assert len(closed) == 1
+    blocks = {b.device: b for b in closed[0]}
+    assert blocks["a"].values.shape == (2, 3) and blocks["a"].ts.tolist() == [1, 2]
+    assert blocks["b"].tags == ("w",) and blocks["b"].types == ("float64",)
+    assert batcher.open_points == 0
+
+
+async def test_closes_on_age_without_further_input():
+    closed: list[list[Block]] = []
+    batcher = Batcher(DEVICES, max_points=1000, max_interval_ns=50_000_000, on_close=closed.append)
+    batcher.add(row("a", 3, 1))
+    deadline = time.monotonic() + 5
+    while not closed and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert len(closed) == 1 and closed[0][0].points == 3
+
+
+def test_tags_with_different_reply_times_get_separate_time_columns():
+    rows = [row("a", 3, t, [t, t + 5, t]) for t in (10, 20)]
+    batch = Batch("a", *(np.concatenate([getattr(r, f) for r in rows]) for f in ("ts", "values", "quality", "flags")))
+    blocks = split_by_timestamps("a", ("x", "y", "z"), ("float32", "int16", "bool"), batch)
+    assert [(b.tags, b.ts.tolist()) for b in blocks] == [(("x", "z"), [10, 20]), (("y",), [15, 25])]
+    assert blocks[0].values[:, 1].tolist() == [12.0, 22.0]
