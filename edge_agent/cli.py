@@ -35,7 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     p_tail.add_argument("--topic", default="edge/+/data")
     p_tail.add_argument("--count", type=int, default=None, help="exit after N samples")
 
+    p_bench = sub.add_parser("bench", help="measure CPU and bytes per point of the pipeline against JSON")
+    p_bench.add_argument("--tags", type=int, default=1000)
+    p_bench.add_argument("--polls", type=int, default=500)
+
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        from edge_agent.bench import run_bench
+
+        print(run_bench(args.tags, args.polls).report())
+        return 0
     if args.command == "tail":
         from edge_agent.tail import run_tail
 

@@ -3,6 +3,7 @@ subprocesses. Waiting is always on a condition with a deadline, never a bare sle
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -35,6 +36,18 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
         time.sleep(interval)
+
+
+async def async_wait_for(condition: Callable[[], object], within: float, what: str) -> object:
+    """`wait_for` for async tests: yields to the event loop between checks."""
+    deadline = time.monotonic() + within
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within:.1f}s waiting for {what}")
+        await asyncio.sleep(0.01)
 
 
 def port_open(port: int) -> bool:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import numpy as np
 
 from edge_agent.batcher import Batcher, split_by_timestamps
 from edge_agent.frame.model import Block
 from edge_agent.samples import Batch
+from tests.conftest import async_wait_for
 
 DEVICES = [("a", ("x", "y", "z"), ("float32", "int16", "bool")), ("b", ("w",), ("float64",))]
 
@@ -40,9 +38,7 @@ async def test_closes_on_age_without_further_input():
     closed: list[list[Block]] = []
     batcher = Batcher(DEVICES, max_points=1000, max_interval_ns=50_000_000, on_close=closed.append)
     batcher.add(row("a", 3, 1))
-    deadline = time.monotonic() + 5
-    while not closed and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    await async_wait_for(lambda: closed, 5, "the age close")
     assert len(closed) == 1 and closed[0][0].points == 3
 
 

@@ -166,7 +166,8 @@ def test_toml_syntax_error_gives_line_and_column(tmp_path, capsys):
         ('endpoint = "tcp://127.0.0.1:5020"\nunit = 2', 'endpoint = "udp://127.0.0.1:5020"\nunit = 2',
          "plant.toml: devices[1].endpoint: 'udp://127.0.0.1:5020': use tcp://HOST:PORT"),
         ('poll_interval = "100ms"', 'poll_interval = "0s"', "plant.toml: devices[1].poll_interval: must be greater"),
-        ('poll_interval = "100ms"', 'poll_interval = "5 sec"', "plant.toml: devices[1].poll_interval: '5 sec' is not a"),
+        ('poll_interval = "100ms"', 'poll_interval = "5 sec"',
+         "plant.toml: devices[1].poll_interval: '5 sec' is not a"),
         ('hi = 90.0', 'lo = 95.0\nhi = 90.0', "plant.toml: filters.hot: lo (95.0) must be below hi (90.0)"),
         ('kind = "limits"', 'kind = "limit"', "plant.toml: filters.hot: 'limit' is not one of 'limits'"),
         ('[agent]\nid = "line1"\nstate_dir = "./state"', '', "plant.toml: agent: required key is missing"),
@@ -206,7 +207,8 @@ def test_unwritable_state_dir_is_one_line(tmp_path):
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 73
-    assert proc.stderr.strip().splitlines() == [f"plant.toml: agent.state_dir: cannot write {blocker}/state: Not a directory"]
+    expected = f"plant.toml: agent.state_dir: cannot write {blocker}/state: Not a directory"
+    assert proc.stderr.strip().splitlines() == [expected]
 
 
 def test_version():

@@ -109,7 +109,8 @@ def test_example_plant_end_to_end(procs, broker, simulator, tmp_path):
             polled_rows = _rows_per_request(frames, device)
             for fc, n_rows in polled_rows.items():
                 assert n_rows <= by_fc[str(fc)] <= n_rows + 1, (device, fc, n_rows, by_fc)
-        press_rate = len(np.unique(np.concatenate(rows["press"]))) / max(covered_seconds(consumer.received(), "press"), 1)
+        press_seconds = max(covered_seconds(consumer.received(), "press"), 1)
+        press_rate = len(np.unique(np.concatenate(rows["press"]))) / press_seconds
         assert press_rate > 5, f"press polled at {press_rate:.1f}/s, configured 10/s"
 
         # A restart continues seq and replays what the spool still held.

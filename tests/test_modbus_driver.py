@@ -14,6 +14,7 @@ from drivers.modbus.plan import plan_device
 from edge_agent.samples import QUALITY_BAD_COMM, QUALITY_BAD_DEVICE, QUALITY_GOOD, Batch
 from simulators.modbus.server import ModbusSimServer
 from simulators.plant import DEFAULT_TICK_NS, point, value_at_tick
+from tests.conftest import async_wait_for
 
 SEED = 3
 
@@ -35,12 +36,6 @@ PRESS_TAGS = [
 ]
 
 
-async def wait_until(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -67,7 +62,7 @@ async def test_values_decode_exactly_and_are_stamped_on_arrival(sim):
     drv = ModbusDriver(device(sim.port, PRESS_TAGS), rows.append)
     task = asyncio.create_task(drv.run())
     try:
-        await wait_until(lambda: len(rows) >= 10, 10, "10 polls")
+        await async_wait_for(lambda: len(rows) >= 10, 10, "10 polls")
     finally:
         task.cancel()
     for b in rows:
@@ -76,7 +71,8 @@ async def test_values_decode_exactly_and_are_stamped_on_arrival(sim):
             p = point("press", tag["name"])
             ts = int(b.ts[0, j])
             assert abs(ts - time.time_ns()) < 30e9
-            candidates = [value_at_tick(p, k, SEED) for k in range(ts // DEFAULT_TICK_NS, ts // DEFAULT_TICK_NS - 3, -1)]
+            tick = ts // DEFAULT_TICK_NS
+            candidates = [value_at_tick(p, k, SEED) for k in range(tick, tick - 3, -1)]
             assert b.values[0, j] in candidates, (tag, b.values[0, j], candidates)
     # Two requests per poll (coils, input registers), each stamped with its own reply time.
     assert len(drv.plan) == 2
@@ -88,7 +84,7 @@ async def test_exception_reply_marks_only_that_request_bad(sim):
     drv = ModbusDriver(device(sim.port, tags), rows.append)
     task = asyncio.create_task(drv.run())
     try:
-        await wait_until(lambda: len(rows) >= 3, 10, "3 polls")
+        await async_wait_for(lambda: len(rows) >= 3, 10, "3 polls")
     finally:
         task.cancel()
     last = rows[-1]
@@ -106,15 +102,15 @@ async def test_plc_that_goes_away_is_reconnected_with_backoff():
     drv = ModbusDriver(device(port, PRESS_TAGS), rows.append)
     task = asyncio.create_task(drv.run())
     try:
-        await wait_until(lambda: len(rows) >= 3, 10, "first polls")
+        await async_wait_for(lambda: len(rows) >= 3, 10, "first polls")
         await server.stop()
-        await wait_until(lambda: (rows[-1].quality == QUALITY_BAD_COMM).all(), 10, "a bad-comm row")
-        await wait_until(lambda: drv.stats.errors_by_kind.get("connect", 0) >= 3, 10, "reconnect attempts")
+        await async_wait_for(lambda: (rows[-1].quality == QUALITY_BAD_COMM).all(), 10, "a bad-comm row")
+        await async_wait_for(lambda: drv.stats.errors_by_kind.get("connect", 0) >= 3, 10, "reconnect attempts")
         assert not drv.stats.connected
         before = len(rows)
         server = ModbusSimServer(seed=SEED)
         await server.start("127.0.0.1", port)
-        await wait_until(lambda: len(rows) > before + 3 and (rows[-1].quality == QUALITY_GOOD).all(), 10,
+        await async_wait_for(lambda: len(rows) > before + 3 and (rows[-1].quality == QUALITY_GOOD).all(), 10,
                          "good polls after the PLC came back")
         assert drv.stats.connects == 2
     finally:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from edge_agent.spool import Spool
 
 
@@ -39,10 +41,8 @@ def test_failed_build_commits_nothing(tmp_path):
     def broken(seq: int) -> tuple[bytes, int, int]:
         raise ValueError("encoder bug")
 
-    try:
+    with pytest.raises(ValueError, match="encoder bug"):
         s.append(broken)
-    except ValueError:
-        pass
     assert s.last_seq() == 0 and s.depth().frames == 0
     assert s.append(frame) == 1
     s.close()

@@ -34,6 +34,7 @@ class MqttUplink:
         self.bytes_out = 0
         self.points_out = 0
         self.connects = 0
+        self.connect_failures = 0
         self._acked: list[int] = []
         self._ack_event = asyncio.Event()
 
@@ -59,6 +60,7 @@ class MqttUplink:
             except aiomqtt.MqttError as exc:
                 delay = self._backoff.next_delay_s()
                 was = "lost" if self.connected else "cannot connect to"
+                self.connect_failures += not self.connected
                 log.warning("uplink %s mqtt://%s (%s); retrying in %.1fs", was, target, exc, delay)
                 self.connected = False
                 await asyncio.sleep(delay)
