@@ -4,7 +4,7 @@ The format is columnar because the uplink is metered (cellular gateways pay per 
 Raspberry Pi cannot afford one Python object per sample: every column is converted with one numpy
 call, and only blocks and tags are looped over. Each tag's value column gets the narrowest encoding
 that still reproduces the float64 column bit for bit, so the edge never loses information to save
-bytes (a consumer can always tell a NaN payload, -0.0 or 2**53+1 from what the device sent).
+bytes (a NaN payload, -0.0 or an integer beyond 2**53 arrives exactly as the agent held it).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ _INT_CODES: dict[str, np.dtype] = {
 }
 _FLOAT_CODES: dict[str, np.dtype] = {"f4": np.dtype("<f4"), "f8": np.dtype("<f8")}
 _BIN_CODES: dict[str, np.dtype] = {**_INT_CODES, **_FLOAT_CODES}
-VALUE_CODES = ("k", "b", *_BIN_CODES)
 TS_CODES: dict[str, np.dtype] = {
     "i1": np.dtype("<i1"), "i2": np.dtype("<i2"), "i4": np.dtype("<i4"), "i8": np.dtype("<i8"),
 }
@@ -47,7 +46,6 @@ _K_SIZE = 9  # msgpack float 64: 0xcb + 8 bytes
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _UINT64_MAX = 2**64 - 1
-_UINT32_MAX = 2**32 - 1
 BOOT_LEN = 16
 
 # Decoding a frame allocates 21 bytes per point, and constant columns ("k") let a few bytes stand for
@@ -71,13 +69,15 @@ class FrameError(ValueError):
 def encode_frame(frame: Frame) -> bytes:
     """Serialise a frame in the v1 wire format (docs/frame-format.md).
 
-    The encoder is the only place that decides encodings, so all choices are deterministic: the same
-    Frame always gives the same bytes, which keeps spool files and dedupe hashes stable.
+    Encodings are chosen here and nowhere else, deterministically: the same Frame always gives the
+    same bytes, so re-encoding a decoded frame is a no-op and size tests are reproducible.
     Raises ValueError (not FrameError: the bytes are fine, the caller's object is not) when the
     frame cannot be represented, e.g. wrong boot length or mismatched array shapes.
     """
     if not isinstance(frame.agent, str):
         raise ValueError("frame.agent must be str")
+    if not isinstance(frame.boot, bytes | bytearray | memoryview):  # bytes(16) would be 16 zeros
+        raise ValueError("frame.boot must be bytes")
     boot = bytes(frame.boot)
     if len(boot) != BOOT_LEN:
         raise ValueError(f"frame.boot must be {BOOT_LEN} bytes, got {len(boot)}")
@@ -268,11 +268,13 @@ def decode_frame(data: bytes, *, max_points: int = DEFAULT_MAX_POINTS) -> Frame:
             max_str_len=size, max_bin_len=size, max_array_len=size,
             max_map_len=size // 2, max_ext_len=size,
         )
+    except msgpack.ExtraData:
+        raise FrameError("trailing bytes after the frame's msgpack object") from None
     except Exception as exc:  # msgpack raises ValueError subclasses, TypeError, UnicodeDecodeError...
         raise FrameError(_one_line(f"not a msgpack document: {type(exc).__name__}: {exc}")) from None
 
     if not isinstance(doc, list) or not doc:
-        raise FrameError("frame is not a msgpack array")
+        raise FrameError("frame is not a non-empty msgpack array")
     version = doc[0]
     if type(version) is not int or version != FORMAT_VERSION:
         raise FrameError(f"unsupported frame version {_short(version)} (this decoder reads {FORMAT_VERSION})")
@@ -308,21 +310,32 @@ def _short(value: object) -> str:
     return _one_line(repr(value))[:40]
 
 
+_MSGPACK_NAMES = {
+    bool: "bool", int: "int", float: "float", str: "str", bytes: "bin", list: "array", dict: "map",
+    type(None): "nil",
+}
+
+
+def _kind(value: object) -> str:
+    """Name the msgpack type, not the Python one: the message is read by people decoding in Go/Java."""
+    return _MSGPACK_NAMES.get(type(value), "ext")
+
+
 def _str(what: str, value: object) -> str:
     if not isinstance(value, str):
-        raise FrameError(f"{what} must be a msgpack str, got {type(value).__name__}")
+        raise FrameError(f"{what} must be a msgpack str, got {_kind(value)}")
     return value
 
 
 def _bin(what: str, value: object) -> bytes:
     if not isinstance(value, bytes):
-        raise FrameError(f"{what} must be a msgpack bin, got {type(value).__name__}")
+        raise FrameError(f"{what} must be a msgpack bin, got {_kind(value)}")
     return value
 
 
 def _int(what: str, value: object, lo: int, hi: int) -> int:
     if type(value) is not int:  # bool is an int subclass in Python but a distinct msgpack type
-        raise FrameError(f"{what} must be a msgpack int, got {type(value).__name__}")
+        raise FrameError(f"{what} must be a msgpack int, got {_kind(value)}")
     if not lo <= value <= hi:
         raise FrameError(f"{what}={value} out of range [{lo}, {hi}]")
     return value
@@ -330,7 +343,7 @@ def _int(what: str, value: object, lo: int, hi: int) -> int:
 
 def _array(what: str, value: object, min_len: int) -> list:
     if not isinstance(value, list):
-        raise FrameError(f"{what} must be a msgpack array, got {type(value).__name__}")
+        raise FrameError(f"{what} must be a msgpack array, got {_kind(value)}")
     if len(value) < min_len:
         raise FrameError(f"{what} has {len(value)} elements, needs at least {min_len}")
     return value
@@ -393,7 +406,7 @@ def _decode_values(where: str, n: int, code: object, payload: object) -> np.ndar
     code = _str(f"{where} enc", code)
     if code == "k":
         if type(payload) is not float:
-            raise FrameError(f"{where}: 'k' values must be a msgpack float, got {type(payload).__name__}")
+            raise FrameError(f"{where}: 'k' values must be a msgpack float, got {_kind(payload)}")
         return np.full(n, payload, dtype=np.float64)
     if code == "b":
         raw = _bin(f"{where} values", payload)
@@ -421,5 +434,5 @@ def _decode_uniform_or_bin(where: str, n: int, doc: object, dtype: np.dtype) -> 
         if len(doc) != n * dtype.itemsize:
             raise FrameError(f"{where}: {len(doc)} bytes, n={n} needs {n * dtype.itemsize}")
         return np.frombuffer(doc, dtype=dtype)
-    raise FrameError(f"{where} must be a msgpack uint or bin, got {type(doc).__name__}")
+    raise FrameError(f"{where} must be a msgpack uint or bin, got {_kind(doc)}")
 
