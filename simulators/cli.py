@@ -53,7 +53,8 @@ def _port(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-agent-sim", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="edge-agent-sim", description="Software PLC serving a deterministic, seeded plant for tests and demos.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{modbus,list}")
     mb = sub.add_parser("modbus", help="serve the plant over Modbus TCP (units 1,2,3 on one port)")
     mb.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")

@@ -38,7 +38,11 @@ COMMISSIONED_S = 1_577_836_800  # 2020-01-01T00:00:00Z
 
 @dataclass(frozen=True, slots=True)
 class Point:
-    """One PLC tag. `signal` yields engineering units; `scale` maps them to the raw encoded value."""
+    """One PLC tag. `signal` yields engineering units; `scale` maps them to the raw encoded value.
+
+    `address` is 0-based as on the wire (hr:0 is "40001" in 1-based vendor notation). `name` is also
+    the key of the point's noise hash, which is why names are unique across the whole plant.
+    """
 
     device: str
     unit: int
@@ -205,7 +209,7 @@ def validate(points: Iterable[Point]) -> None:
             raise ValueError(f"{p.device}.{p.name}: bad table {p.table!r} or type {p.type!r}")
         if (p.type == "bool") != (p.table in BIT_TABLES):
             raise ValueError(f"{p.device}.{p.name}: bools live in coil/di tables, numbers in hr/ir")
-        if not (0 <= p.address and p.end <= 65536):
+        if p.address < 0 or p.end > 65536:
             raise ValueError(f"{p.device}.{p.name}: address range {p.address}..{p.end - 1} out of 0..65535")
         if not 1 <= p.unit <= 247:
             raise ValueError(f"{p.device}.{p.name}: unit id {p.unit} out of 1..247")

@@ -118,10 +118,12 @@ class ModbusSimServer:
         server.close()
         for writer in list(self._handlers.values()):
             writer.close()
-        tasks = list(self._handlers)
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+        handlers = dict(self._handlers)
+        if handlers:
+            _, pending = await asyncio.wait(handlers, timeout=grace_s)
             for task in pending:
+                # A client that stopped reading leaves close() waiting to flush: abort instead.
+                handlers[task].transport.abort()
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=grace_s)
