@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -73,11 +74,22 @@ def test_example_plant_end_to_end(procs, broker, simulator, tmp_path):
     config = example_config(tmp_path, sim_port, broker)
     state = tmp_path / "state"
     consumer = Consumer(broker)
+    tail = procs([sys.executable, "-m", "edge_agent.cli", "tail", "--broker", f"mqtt://127.0.0.1:{broker}",
+                  "--count", "40"], "tail")
     try:
         agent = procs(agent_cmd(config), "agent")
         wait_for(lambda: covered_seconds(consumer.received(), "boiler") >= 3 or not agent.alive(), 60,
                  "3 s of boiler samples at the consumer")
         assert agent.alive(), agent.stderr()
+
+        # `edge-agent tail` printed exactly --count samples as JSON lines, then exited by itself.
+        assert tail.popen.wait(30) == 0, tail.stderr()
+        lines = [json.loads(line) for line in tail.stdout().splitlines()]
+        assert len(lines) == 40
+        assert all(set(x) == {"agent", "boot", "seq", "device", "tag", "ts", "value", "quality", "flags"} for x in lines)
+        python_type = {"bool": bool, "float32": float, "float64": float}
+        for x in lines:  # values are presented in the tag's declared type
+            assert type(x["value"]) is python_type.get(point(x["device"], x["tag"]).type, int), x
 
         rc, took = agent.terminate()
         assert rc == 0, agent.stderr()
