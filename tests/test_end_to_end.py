@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_agent.config.loader import Config, load_config
+from edge_agent.filters.flags import LIMITS
 from edge_agent.frame.codec import decode_frame
 from edge_agent.frame.model import Frame
 from edge_agent.samples import QUALITY_GOOD
@@ -86,7 +88,8 @@ def test_example_plant_end_to_end(procs, broker, simulator, tmp_path):
         assert tail.popen.wait(30) == 0, tail.stderr()
         lines = [json.loads(line) for line in tail.stdout().splitlines()]
         assert len(lines) == 40
-        assert all(set(x) == {"agent", "boot", "seq", "device", "tag", "ts", "value", "quality", "flags"} for x in lines)
+        keys = {"agent", "boot", "seq", "device", "tag", "ts", "value", "quality", "flags"}
+        assert all(set(x) == keys for x in lines)
         python_type = {"bool": bool, "float32": float, "float64": float}
         for x in lines:  # values are presented in the tag's declared type
             assert type(x["value"]) is python_type.get(point(x["device"], x["tag"]).type, int), x
@@ -105,6 +108,7 @@ def test_example_plant_end_to_end(procs, broker, simulator, tmp_path):
         assert len({f.boot for f in frames.values()}) == 1
         assert {f.agent for f in frames.values()} == {"plant-demo"}
         assert assert_values_match_simulator(frames) > 100
+        assert_limits_flags(frames, load_config(config))
 
         # Every row the simulator served is in a frame: at most the request in flight at SIGTERM is missing.
         rows: dict[str, list[np.ndarray]] = defaultdict(list)
@@ -143,6 +147,22 @@ def test_example_plant_end_to_end(procs, broker, simulator, tmp_path):
         assert rc == 0 and took < 5.0, agent2.stderr()
     finally:
         consumer.close()
+
+
+def assert_limits_flags(frames: dict[int, Frame], cfg: Config) -> None:
+    """Flag bit 0 is set exactly on the samples outside the tag's configured limits."""
+    checked = 0
+    for f in frames.values():
+        for b in f.blocks:
+            dev = cfg.device(b.device)
+            for j, tag in enumerate(b.tags):
+                refs = next(t.filters for t in dev.tags if t.name == tag)
+                lo = max([cfg.filters[r].lo for r in refs if cfg.filters[r].lo is not None], default=-np.inf)
+                hi = min([cfg.filters[r].hi for r in refs if cfg.filters[r].hi is not None], default=np.inf)
+                outside = (b.values[:, j] < lo) | (b.values[:, j] > hi)
+                np.testing.assert_array_equal((b.flags[:, j] & LIMITS) != 0, outside, err_msg=f"{b.device}/{tag}")
+                checked += bool(refs) * b.ts.shape[0]
+    assert checked > 10
 
 
 FC_OF_DEVICE_TAG = {
