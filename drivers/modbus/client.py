@@ -1,4 +1,5 @@
-"""The only module that touches pymodbus: its API is renamed between minor versions, so it stays here.
+"""The only module that touches pymodbus: its API is renamed between minor versions, so it stays here
+(3.10 renamed `slave=` to `device_id=`; pyproject pins the range this module is tested with).
 
 Errors come out as two kinds the driver acts on differently: a DeviceException (the PLC answered, with
 an exception code: keep the connection) and a LinkError (no usable answer: drop the connection, since
