@@ -186,7 +186,7 @@ def blocks(draw, max_rows: int = 50, max_tags: int = 8) -> Block:
         ts=np.array(draw(ts_column(n)), dtype=np.int64),
         values=values,
         quality=draw(uint_matrix(n, k, np.uint8, [0x00, 0x40, 0x80, 0x81, 0x82, 0x83, 0x84])),
-        flags=draw(uint_matrix(n, k, np.uint32, [0, 1, 2**31, 2**32 - 1])),
+        flags=draw(uint_matrix(n, k, np.uint32, [0, 1, 255, 256, 65535, 65536, 2**31, 2**32 - 1])),
     )
 
 
@@ -291,8 +291,63 @@ def test_constant_bool_and_uniform_columns_are_compact() -> None:
     tags = msgpack.unpackb(data, raw=False)[6][0][2]
     assert tags[0][2:] == ["k", 42.5, QUALITY_UNCERTAIN, 0]
     assert tags[1][2] == "b" and len(tags[1][3]) == n // 8
-    assert len(tags[1][4]) == n and len(tags[1][5]) == 4 * n
+    assert len(tags[1][4]) == n and len(tags[1][5]) == n  # max flag 1: one byte per sample
     roundtrip(Frame("gw", BOOT, 1, 1, [block]))
+
+
+@pytest.mark.parametrize(("max_flag", "width", "dtype"), [
+    (1, 1, "<u1"), (0xFF, 1, "<u1"),
+    (0x100, 2, "<u2"), (0xFFFF, 2, "<u2"),
+    (0x10000, 4, "<u4"), (2**32 - 1, 4, "<u4"),
+])
+def test_varying_flags_use_the_narrowest_width(max_flag: int, width: int, dtype: str) -> None:
+    n = 20
+    flags = np.zeros((n, 2), np.uint32)
+    flags[3, 0] = max_flag
+    flags[4, 0] = 1
+    flags[:, 1] = max_flag  # uniform: a single uint whatever its value
+    block = make_block("d", ["a", "b"], ["int16", "int16"], range(n), np.zeros((n, 2)), flags=flags)
+    data = encode_frame(Frame("gw", BOOT, 1, 1, [block]))
+    tags = msgpack.unpackb(data, raw=False)[6][0][2]
+    assert tags[0][5] == flags[:, 0].astype(dtype).tobytes() and len(tags[0][5]) == width * n
+    assert tags[1][5] == max_flag
+    roundtrip(Frame("gw", BOOT, 1, 1, [block]))
+
+
+def test_max_flag_1_costs_one_byte_per_sample() -> None:
+    """One `limits` hit (bit 0) in a frame costs n bytes for that tag, not 4n."""
+    n = 100
+    flags = np.zeros((n, 1), np.uint32)
+    flags[42, 0] = 1
+    block = make_block("d", ["a"], ["int16"], range(n), np.zeros((n, 1)), flags=flags)
+    data = encode_frame(Frame("gw", BOOT, 1, 1, [block]))
+    payload = msgpack.unpackb(data, raw=False)[6][0][2][0][5]
+    assert isinstance(payload, bytes) and len(payload) == n
+    assert payload == bytes(42) + b"\x01" + bytes(n - 43)
+    roundtrip(Frame("gw", BOOT, 1, 1, [block]))
+
+
+@pytest.mark.parametrize("dtype", ["<u1", "<u2", "<u4"])
+def test_decoder_accepts_every_flag_width(dtype: str) -> None:
+    """The width follows from the bin length alone; a wider-than-needed column is still valid."""
+    flags = np.array([[0], [1], [0]], np.uint32)
+    block = make_block("d", ["a"], ["int16"], [1, 2, 3], np.zeros((3, 1)), flags=flags)
+    frame = Frame("gw", BOOT, 1, 1, [block])
+    doc = msgpack.unpackb(encode_frame(frame), raw=False)
+    doc[6][0][2][0][5] = flags[:, 0].astype(dtype).tobytes()
+    assert_frames_identical(frame, decode_frame(msgpack.packb(doc, use_bin_type=True)))
+
+
+def test_zero_row_block_accepts_an_empty_flags_bin() -> None:
+    block = make_block("d", ["a"], ["int16"], [], np.empty((0, 1)))
+    frame = Frame("gw", BOOT, 1, 1, [block])
+    doc = msgpack.unpackb(encode_frame(frame), raw=False)
+    assert doc[6][0][2][0][5] == 0  # the encoder writes uint 0 for an empty column
+    doc[6][0][2][0][5] = b""
+    assert_frames_identical(frame, decode_frame(msgpack.packb(doc, use_bin_type=True)))
+    doc[6][0][2][0][5] = b"\x00"
+    with pytest.raises(FrameError, match=r"flags: 1 bytes, n=0 needs 0$"):
+        decode_frame(msgpack.packb(doc, use_bin_type=True))
 
 
 def test_timestamp_deltas_use_the_narrowest_width() -> None:
@@ -493,7 +548,8 @@ def _pack(doc) -> bytes:
     (lambda d: d[6][0][2][0].__setitem__(2, "k"), "'k' values must be a msgpack float"),
     (lambda d: d[6][0][2][0].__setitem__(4, b"\x00"), "quality: 1 bytes, n=3 needs 3"),
     (lambda d: d[6][0][2][0].__setitem__(4, 256), "quality=256 out of range"),
-    (lambda d: d[6][0][2][0].__setitem__(5, b"\x00" * 3), "flags: 3 bytes, n=3 needs 12"),
+    (lambda d: d[6][0][2][0].__setitem__(5, b"\x00" * 9), "tag 0 'a' flags: 9 bytes, n=3 needs 3, 6 or 12"),
+    (lambda d: d[6][0][2][0].__setitem__(5, b"\x00" * 5), "tag 0 'a' flags: 5 bytes, n=3 needs 3, 6 or 12"),
     (lambda d: d[6][0][2][0].__setitem__(5, 2**32), "flags=4294967296 out of range"),
     (lambda d: d[6][0][2][0].__setitem__(5, False), "flags must be a msgpack uint or bin"),
     (lambda d: d[6][0][2][0].__delitem__(5), "has 5 elements, needs at least 6"),

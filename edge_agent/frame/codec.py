@@ -44,8 +44,14 @@ _ONE_BITS = np.float64(1.0).view(np.uint64)
 _NEG_ZERO_BITS = np.float64(-0.0).view(np.uint64)
 _K_SIZE = 9  # msgpack float 64: 0xcb + 8 bytes
 
+# Widths of a varying flags column, narrowest first: the bin length (n, 2n or 4n bytes) says which.
+# Filters are assigned bits from bit 0 up, so a frame where only the first few fired costs 1 byte
+# per sample for that tag instead of 4.
+_FLAG_DTYPES = (np.dtype("<u1"), np.dtype("<u2"), np.dtype("<u4"))
+
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _UINT64_MAX = 2**64 - 1
+_UINT32_MAX = 2**32 - 1
 BOOT_LEN = 16
 
 # Decoding a frame allocates 21 bytes per point, and constant columns ("k") let a few bytes stand for
@@ -134,7 +140,7 @@ def _encode_block(index: int, block: Block) -> list:
 
     value_cols = _encode_values(values)
     quality_cols = _encode_uniform_or_bin(quality)
-    flag_cols = _encode_uniform_or_bin(flags)
+    flag_cols = _encode_flags(flags)
     tag_docs = [
         [tags[j], types[j], value_cols[j][0], value_cols[j][1], quality_cols[j], flag_cols[j]]
         for j in range(k)
@@ -234,7 +240,7 @@ def _encode_uniform_or_bin(col: np.ndarray) -> list[object]:
     """One msgpack uint per tag when the column is uniform (the normal case: all good, no flags).
 
     Otherwise the whole column as little-endian bytes; the per-sample cost is only paid by tags that
-    actually changed quality or fired a filter in this frame.
+    actually changed quality in this frame. (Flags use _encode_flags, which also narrows the width.)
     """
     n, k = col.shape
     if n == 0:
@@ -242,6 +248,25 @@ def _encode_uniform_or_bin(col: np.ndarray) -> list[object]:
     uniform = np.all(col == col[0], axis=0)
     le = col.dtype.newbyteorder("<")
     return [int(col[0, j]) if uniform[j] else col[:, j].astype(le).tobytes() for j in range(k)]
+
+
+def _encode_flags(flags: np.ndarray) -> list[object]:
+    """Like _encode_uniform_or_bin, but a varying column uses the narrowest of uint8/16/32 that holds
+    its maximum; the decoder infers the width from the bin length (n, 2n or 4n bytes)."""
+    n, k = flags.shape
+    if n == 0:
+        return [0] * k
+    uniform = np.all(flags == flags[0], axis=0)
+    col_max = flags.max(axis=0)
+    out: list[object] = []
+    for j in range(k):
+        if uniform[j]:
+            out.append(int(flags[0, j]))
+            continue
+        hi = int(col_max[j])
+        dtype = next(d for d in _FLAG_DTYPES if hi <= np.iinfo(d).max)
+        out.append(flags[:, j].astype(dtype).tobytes())
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -374,7 +399,7 @@ def _decode_block(index: int, doc: object, budget: list[int]) -> Block:
         types.append(_str(f"{tw} type", tag[1]))
         values[:, j] = _decode_values(tw, n, tag[2], tag[3])
         quality[:, j] = _decode_uniform_or_bin(f"{tw} quality", n, tag[4], np.dtype("<u1"))
-        flags[:, j] = _decode_uniform_or_bin(f"{tw} flags", n, tag[5], np.dtype("<u4"))
+        flags[:, j] = _decode_flags(tw, names[j], n, tag[5])
     return Block(
         device=device, tags=tuple(names), types=tuple(types),
         ts=ts, values=values, quality=quality, flags=flags,
@@ -436,3 +461,22 @@ def _decode_uniform_or_bin(where: str, n: int, doc: object, dtype: np.dtype) -> 
         return np.frombuffer(doc, dtype=dtype)
     raise FrameError(f"{where} must be a msgpack uint or bin, got {_kind(doc)}")
 
+
+
+def _decode_flags(where: str, name: str, n: int, doc: object) -> np.ndarray | int:
+    """A uint for a uniform column, else a bin whose length gives the width: n, 2n or 4n bytes hold
+    uint8, uint16 or uint32 flags. For n >= 1 the three lengths differ, so the width is unambiguous;
+    for n == 0 an empty bin is all three and decodes to an empty column either way."""
+    what = f"{where} {_short(name)} flags"
+    if type(doc) is int:
+        hi = _UINT32_MAX
+        if not 0 <= doc <= hi:
+            raise FrameError(f"{what}={doc} out of range [0, {hi}]")
+        return doc
+    if isinstance(doc, bytes):
+        for dtype in _FLAG_DTYPES:
+            if len(doc) == n * dtype.itemsize:
+                return np.frombuffer(doc, dtype=dtype)
+        needs = f"{n}, {2 * n} or {4 * n} (uint8/16/32)" if n else "0"
+        raise FrameError(f"{what}: {len(doc)} bytes, n={n} needs {needs}")
+    raise FrameError(f"{what} must be a msgpack uint or bin, got {_kind(doc)}")
