@@ -17,10 +17,14 @@ class Backoff:
         self._rng = rng or random.Random()
 
     def next_delay_s(self) -> float:
-        """Delay before the next attempt: min * 2^n capped at max, scaled by a jitter in [0.5, 1]."""
+        """Delay before the next attempt: drawn from [max(min, b/2), b] with b = min * 2^n capped at max.
+
+        So a delay is never below reconnect_min nor above reconnect_max, and still spreads out at the cap,
+        where a whole fleet reconnecting after a long outage needs it most.
+        """
         base = min(self.max_ns, self.min_ns * (1 << min(self.attempt, 40)))
         self.attempt += 1
-        return base * self._rng.uniform(0.5, 1.0) / 1e9
+        return self._rng.uniform(max(self.min_ns, base / 2), base) / 1e9
 
     def reset(self) -> None:
         self.attempt = 0

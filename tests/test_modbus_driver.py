@@ -11,7 +11,7 @@ import pytest
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.plan import plan_device
-from edge_agent.samples import QUALITY_BAD_COMM, QUALITY_BAD_DEVICE, QUALITY_GOOD, Batch
+from edge_agent.samples import QUALITY_BAD_COMM, QUALITY_BAD_CONFIG, QUALITY_GOOD, Batch
 from simulators.modbus.server import ModbusSimServer
 from simulators.plant import DEFAULT_TICK_NS, point, value_at_tick
 from tests.conftest import async_wait_for
@@ -88,7 +88,7 @@ async def test_exception_reply_marks_only_that_request_bad(sim):
     finally:
         task.cancel()
     last = rows[-1]
-    assert last.quality[0, -1] == QUALITY_BAD_DEVICE and np.isnan(last.values[0, -1])
+    assert last.quality[0, -1] == QUALITY_BAD_CONFIG and np.isnan(last.values[0, -1])
     assert (last.quality[0, :-1] == QUALITY_GOOD).all()
     assert drv.stats.errors_by_kind["exception"] >= 3
     assert drv.stats.connects == 1  # an exception reply is an answer: the connection stays
@@ -116,3 +116,22 @@ async def test_plc_that_goes_away_is_reconnected_with_backoff():
     finally:
         task.cancel()
         await server.stop()
+
+
+async def test_a_unit_that_never_answers_is_retried_with_backoff_not_every_tick(sim):
+    # The TCP connection works (a gateway), but nothing answers for unit 9: each attempt costs a timeout,
+    # then the driver must wait its backoff (here >= 400 ms) instead of reconnecting on every 50 ms tick.
+    rows: list[Batch] = []
+    dev = device(sim.port, PRESS_TAGS, unit=9, reconnect_min="400ms", reconnect_max="400ms")
+    drv = ModbusDriver(dev.model_copy(update={"timeout": 100_000_000}), rows.append)
+    task = asyncio.create_task(drv.run())
+    try:
+        await async_wait_for(lambda: drv.stats.connects >= 3, 10, "three attempts")
+        t0 = time.monotonic()
+        await async_wait_for(lambda: drv.stats.connects >= 5, 10, "two more attempts")
+        elapsed = time.monotonic() - t0
+    finally:
+        task.cancel()
+    assert elapsed >= 2 * 0.4, f"two reconnects took {elapsed:.2f}s: backoff not applied"
+    assert all((b.quality == QUALITY_BAD_COMM).all() for b in rows)
+    assert drv.stats.errors_by_kind["timeout"] == len(rows)

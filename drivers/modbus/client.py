@@ -19,6 +19,7 @@ from drivers.modbus.plan import ReadRequest
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # we log device faults ourselves, by name
 
+ILLEGAL_DATA_ADDRESS = 2
 EXCEPTION_NAMES = {
     1: "illegal function", 2: "illegal data address", 3: "illegal data value",
     4: "server device failure", 5: "acknowledge", 6: "server device busy",
@@ -78,13 +79,14 @@ class ModbusTcpLink:
             3: client.read_holding_registers, 4: client.read_input_registers,
         }[req.function]
         try:
-            rr = await asyncio.wait_for(call(req.start, count=req.count, device_id=req.unit), self.timeout_s * 2)
+            # pymodbus times the request out itself; this outer guard only catches it hanging.
+            rr = await asyncio.wait_for(call(req.start, count=req.count, device_id=req.unit), self.timeout_s + 1)
         except TimeoutError:
             raise LinkError("timeout", f"no answer within {self.timeout_s:g}s") from None
         except ModbusException as exc:
-            text = str(exc)
-            kind = "timeout" if "No response" in text else "connection"
-            raise LinkError(kind, text) from None
+            if "No response" in str(exc):
+                raise LinkError("timeout", f"no answer within {self.timeout_s:g}s") from None
+            raise LinkError("connection", str(exc)) from None
         except OSError as exc:
             raise LinkError("connection", str(exc)) from None
         if rr.isError():

@@ -12,12 +12,12 @@ import logging
 import time
 
 from drivers.api import DriverStats, SampleSink
-from drivers.modbus.client import DeviceException, LinkError, ModbusTcpLink
+from drivers.modbus.client import ILLEGAL_DATA_ADDRESS, DeviceException, LinkError, ModbusTcpLink
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.decode import ReplyError, decode_bits, decode_registers
 from drivers.modbus.plan import plan_device
 from edge_agent.backoff import Backoff
-from edge_agent.samples import QUALITY_BAD_DECODE, QUALITY_BAD_DEVICE, QUALITY_GOOD, Batch
+from edge_agent.samples import QUALITY_BAD_CONFIG, QUALITY_BAD_DECODE, QUALITY_BAD_DEVICE, QUALITY_GOOD, Batch
 
 log = logging.getLogger("edge_agent.drivers.modbus")
 
@@ -32,6 +32,8 @@ class ModbusDriver:
         self._backoff = Backoff(device.reconnect_min, device.reconnect_max)
         self._k = len(device.tags)
         self._where = f"device {device.name} ({device.endpoint} unit {device.unit})"
+        self._backoff_pending = False
+        self._last_error = ""
 
     async def run(self) -> None:
         period = self.device.poll_interval
@@ -39,8 +41,13 @@ class ModbusDriver:
         tick = 0
         try:
             while True:
-                if not self._link.connected and not await self._connect():
-                    continue
+                if not self._link.connected:
+                    await self._connect()
+                    # Back on the absolute grid: ticks that passed while offline are skipped, not replayed.
+                    due = -(-(time.monotonic_ns() - start) // period)
+                    if due > tick:
+                        self.stats.skipped_ticks += due - tick
+                        tick = due
                 await _sleep_until(start + tick * period)
                 await self._poll()
                 # Next tick strictly in the future; missed ones are skipped and counted, not replayed.
@@ -52,24 +59,29 @@ class ModbusDriver:
             self._link.close()
             self.stats.connected = False
 
-    async def _connect(self) -> bool:
-        try:
-            await self._link.connect()
-        except LinkError as exc:
-            self.stats.error("connect")
-            delay = self._backoff.next_delay_s()
-            level = logging.WARNING if self._backoff.attempt == 1 else logging.DEBUG
-            log.log(level, "%s: cannot connect (%s); retrying in %.1fs", self._where, exc, delay)
-            await asyncio.sleep(delay)
-            return False
-        if self._backoff.attempt:
-            log.info("%s: connected after %d failed attempts", self._where, self._backoff.attempt)
-        else:
+    async def _connect(self) -> None:
+        """Connect, waiting out the backoff first if the device has been failing.
+
+        The backoff is reset only by an answer from the device, not by a TCP connect: a gateway that
+        accepts connections for a dead unit behind it must not be hammered with one poll per tick.
+        """
+        while True:
+            if self._backoff_pending:
+                delay = self._backoff.next_delay_s()
+                level = logging.WARNING if self._backoff.attempt == 1 else logging.DEBUG
+                log.log(level, "%s: %s; retrying in %.1fs", self._where, self._last_error, delay)
+                await asyncio.sleep(delay)
+            try:
+                await self._link.connect()
+            except LinkError as exc:
+                self.stats.error("connect")
+                self._last_error = f"cannot connect ({exc})"
+                self._backoff_pending = True
+                continue
             log.info("%s: connected", self._where)
-        self._backoff.reset()
-        self.stats.connects += 1
-        self.stats.connected = True
-        return True
+            self.stats.connects += 1
+            self.stats.connected = True
+            return
 
     async def _poll(self) -> None:
         batch = Batch.empty(self.device.name, 1, self._k)
@@ -83,6 +95,7 @@ class ModbusDriver:
             try:
                 reply = await self._link.read(req)
                 ts[req.columns] = time.time_ns()  # stamped when the answer arrives, not when converted
+                self._answered()
                 if req.bit_index is not None:
                     decode_bits(req, reply, values)
                 else:
@@ -90,25 +103,35 @@ class ModbusDriver:
                 quality[req.columns] = QUALITY_GOOD
             except DeviceException as exc:
                 ts[req.columns] = time.time_ns()
-                quality[req.columns] = QUALITY_BAD_DEVICE
+                self._answered()
+                quality[req.columns] = QUALITY_BAD_CONFIG if exc.code == ILLEGAL_DATA_ADDRESS else QUALITY_BAD_DEVICE
                 self.stats.error("exception")
                 log.warning("%s: %s answered %s", self._where, req.describe(), exc)
             except ReplyError as exc:
                 ts[req.columns] = time.time_ns()
                 quality[req.columns] = QUALITY_BAD_DECODE
                 self.stats.error("reply")
-                log.warning("%s: %s: bad reply (%s); reconnecting", self._where, req.describe(), exc)
+                self._last_error = f"{req.describe()}: bad reply ({exc})"
                 failed = True
             except LinkError as exc:
                 ts[req.columns] = time.time_ns()
                 self.stats.error(exc.kind)
-                log.warning("%s: %s; reconnecting", self._where, exc)
+                self._last_error = str(exc)
                 failed = True
         if failed:
             self.stats.poll_errors += 1
             self._link.close()
             self.stats.connected = False
+            self._backoff_pending = True
+            log.warning("%s: connection dropped: %s", self._where, self._last_error)
         self.sink(batch)
+
+    def _answered(self) -> None:
+        if self._backoff_pending:
+            if self._backoff.attempt > 1:
+                log.info("%s: answering again after %d attempts", self._where, self._backoff.attempt)
+            self._backoff_pending = False
+            self._backoff.reset()
 
 
 async def _sleep_until(deadline_ns: int) -> None:
