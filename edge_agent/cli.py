@@ -98,7 +98,7 @@ def run(cfg: Config) -> int:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        print(f"{cfg.path.name}: agent.state_dir: cannot write {state}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"{cfg.path}: agent.state_dir: cannot write {state}: {exc.strerror or exc}", file=sys.stderr)
         return EX_CANTCREAT
     # Before numba is imported: compiled kernels are cached per machine inside the state directory.
     os.environ.setdefault("NUMBA_CACHE_DIR", str(state / "numba-cache"))

@@ -17,3 +17,6 @@ def setup_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Libraries log their internals at debug; an engineer asking for debug wants ours, not numba's compiler.
+    for noisy in ("numba", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))

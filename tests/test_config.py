@@ -61,10 +61,14 @@ type = "float64"
 """
 
 
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # error lines name the file as given: `-c plant.toml` -> "plant.toml: ..."
+
+
 def check(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str], str]:
-    path = tmp_path / "plant.toml"
-    path.write_text(text)
-    rc = main(["check", "-c", str(path)])
+    (tmp_path / "plant.toml").write_text(text)
+    rc = main(["check", "-c", "plant.toml"])
     out, err = capsys.readouterr()
     return rc, [line for line in err.splitlines() if line], out
 
@@ -165,18 +169,47 @@ def test_toml_syntax_error_gives_line_and_column(tmp_path, capsys):
          "plant.toml: devices[1].protocol: 'profinet' is not one of 'modbus'"),
         ('endpoint = "tcp://127.0.0.1:5020"\nunit = 2', 'endpoint = "udp://127.0.0.1:5020"\nunit = 2',
          "plant.toml: devices[1].endpoint: 'udp://127.0.0.1:5020': use tcp://HOST:PORT"),
-        ('poll_interval = "100ms"', 'poll_interval = "0s"', "plant.toml: devices[1].poll_interval: must be greater"),
+        ('poll_interval = "100ms"', 'poll_interval = "0s"',
+         "plant.toml: devices[1].poll_interval: 0ns is too short: the minimum is 1ms"),
         ('poll_interval = "100ms"', 'poll_interval = "5 sec"',
          "plant.toml: devices[1].poll_interval: '5 sec' is not a"),
         ('hi = 90.0', 'lo = 95.0\nhi = 90.0', "plant.toml: filters.hot: lo (95.0) must be below hi (90.0)"),
         ('kind = "limits"', 'kind = "limit"', "plant.toml: filters.hot: 'limit' is not one of 'limits'"),
         ('[agent]\nid = "line1"\nstate_dir = "./state"', '', "plant.toml: agent: required key is missing"),
         ('unit = 2', 'unit = 300', "plant.toml: devices[1].unit: Input should be less than or equal to 255 (got 300)"),
+        ('unit = 2', 'unit = "2"', "plant.toml: devices[1].unit: Input should be a valid integer (got '2')"),
+        ('hi = 90.0', 'hi = nan', "plant.toml: filters.hot.hi: Input should be a finite number (got nan)"),
+        ('hi = 90.0', 'hi = "90"', "plant.toml: filters.hot.hi: Input should be a valid number (got '90')"),
+        ('hi = 90.0', 'hi = 90.0\nhii = 1', "plant.toml: filters.hot.hii: unknown key (did you mean 'hi'?)"),
+        ('filters = ["hot"]', 'filters = ["hot", "hot"]',
+         "plant.toml: devices[0].tags[0].filters[1]: 'hot' is listed twice"),
+        ('[[devices]]', '[filters.cold]\nkind = "limits"\nlo = 95.0\n\n[[devices]]', None),
+        ('endpoint = "tcp://127.0.0.1:5020"\nunit = 2', 'endpoint = "tcp://127.0.0.1:0"\nunit = 2',
+         "plant.toml: devices[1].endpoint: 'tcp://127.0.0.1:0': the port must be a number from 1 to 65535"),
+        ('endpoint = "tcp://127.0.0.1:5020"\nunit = 2', 'endpoint = "tcp://127.0.0.1:5020/plc"\nunit = 2',
+         "plant.toml: devices[1].endpoint: 'tcp://127.0.0.1:5020/plc': unexpected path or query"),
+        ('state_dir = "./state"', 'state_dir = "./state"\n[uplink]\nurl = "mqtt://u:secret@127.0.0.1:1883"',
+         "plant.toml: uplink.url: 'mqtt://u:secret@127.0.0.1:1883': credentials do not belong in the URL"),
+        ('state_dir = "./state"', 'state_dir = "./state"\n[uplink]\nkeepalive = "1500ms"',
+         "plant.toml: uplink.keepalive: 1500ms: must be a whole number of seconds"),
+        ('state_dir = "./state"', 'state_dir = "./state"\n[uplink]\ntopic_prefix = "/a//b/"',
+         "plant.toml: uplink.topic_prefix: '/a//b/' is not a topic prefix"),
+        ('state_dir = "./state"', 'state_dir = ""', "plant.toml: agent.state_dir: "),
+        ('poll_interval = "100ms"', 'poll_interval = "100us"',
+         "plant.toml: devices[1].poll_interval: 100us is too short"),
+        ('poll_interval = "100ms"', 'poll_interval = "2M"',
+         "plant.toml: devices[1].poll_interval: '2M' is not a duration"),
+        ('unit = 2', 'unit = 2\nmax_registers = 2',
+         "plant.toml: devices[1]: tag 'energy' (float64) needs 4 registers in one read, more than max_registers = 2"),
     ],
 )
 def test_semantic_errors_are_one_clear_line(tmp_path, capsys, old, new, expected):
     assert old in MINIMAL
-    rc, lines, _ = check(tmp_path, MINIMAL.replace(old, new, 1), capsys)
+    text = MINIMAL.replace(old, new, 1)
+    if expected is None:  # two limits filters on one tag that leave no valid range
+        text = text.replace('filters = ["hot"]', 'filters = ["hot", "cold"]')
+        expected = "plant.toml: devices[0].tags[0].filters: the limits filters combine to lo 95.0 >= hi 90.0"
+    rc, lines, _ = check(tmp_path, text, capsys)
     assert rc == EX_CONFIG
     assert len(lines) == 1, lines
     assert lines[0].startswith(expected), lines[0]
@@ -186,8 +219,8 @@ def test_run_with_invalid_config_exits_78_without_traceback(tmp_path):
     path = tmp_path / "plant.toml"
     path.write_text(MINIMAL.replace('type = "float64"', 'type = "flot32"'))
     proc = subprocess.run(
-        [sys.executable, "-m", "edge_agent.cli", "run", "-c", str(path)],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "edge_agent.cli", "run", "-c", "plant.toml"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, cwd=tmp_path,
     )
     assert proc.returncode == EX_CONFIG
     assert proc.stderr.strip().splitlines() == [
@@ -203,8 +236,8 @@ def test_unwritable_state_dir_is_one_line(tmp_path):
     path = tmp_path / "plant.toml"
     path.write_text(MINIMAL.replace('state_dir = "./state"', f'state_dir = "{blocker}/state"'))
     proc = subprocess.run(
-        [sys.executable, "-m", "edge_agent.cli", "run", "-c", str(path)],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "edge_agent.cli", "run", "-c", "plant.toml"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, cwd=tmp_path,
     )
     assert proc.returncode == 73
     expected = f"plant.toml: agent.state_dir: cannot write {blocker}/state: Not a directory"

@@ -10,7 +10,8 @@ from pydantic import Field, field_validator, model_validator
 from drivers.modbus.address import TABLES, parse_address
 from drivers.modbus.types import REGISTER_WIDTH, TYPES
 from edge_agent.config.models import DeviceBase, TagBase
-from edge_agent.config.units import PositiveDuration
+from edge_agent.config.units import MillisDuration, PositiveDuration
+from edge_agent.config.urls import check_endpoint
 
 ModbusType = Literal["bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"]
 
@@ -46,7 +47,7 @@ class ModbusDevice(DeviceBase):
     protocol: Literal["modbus"]
     endpoint: str
     unit: Annotated[int, Field(ge=0, le=255)] = 1
-    timeout: PositiveDuration = Field(default="1s", validate_default=True)
+    timeout: MillisDuration = Field(default="1s", validate_default=True)
     reconnect_min: PositiveDuration = Field(default="200ms", validate_default=True)
     reconnect_max: PositiveDuration = Field(default="30s", validate_default=True)
     max_gap: Annotated[int, Field(ge=0, le=2000)] = 16
@@ -57,21 +58,18 @@ class ModbusDevice(DeviceBase):
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme != "tcp":
-            raise ValueError(f"{v!r}: use tcp://HOST:PORT (rtu:// and rtu+tcp:// come with the full Modbus driver)")
-        if not parts.hostname:
-            raise ValueError(f"{v!r} has no host")
-        try:
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError as exc:
-            raise ValueError(f"{v!r}: {exc}") from None
-        return v
+        return check_endpoint(v, ("tcp",), "tcp://HOST:PORT (rtu:// and rtu+tcp:// come with the full Modbus driver)")
 
     @model_validator(mode="after")
-    def _backoff_order(self) -> ModbusDevice:
+    def _consistent(self) -> ModbusDevice:
         if self.reconnect_min > self.reconnect_max:
             raise ValueError("reconnect_min must not exceed reconnect_max")
+        for tag in self.tags:
+            if REGISTER_WIDTH.get(tag.type, 1) > self.max_registers:
+                raise ValueError(
+                    f"tag {tag.name!r} ({tag.type}) needs {REGISTER_WIDTH[tag.type]} registers in one read, "
+                    f"more than max_registers = {self.max_registers}"
+                )
         return self
 
     @property

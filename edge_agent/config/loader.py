@@ -58,7 +58,7 @@ def load_config(path: str | Path) -> Config:
     from drivers.registry import plugins  # late: the registry imports config models
 
     path = Path(path)
-    label = path.name
+    label = str(path)  # as the user typed it, so the line points at the file they mean
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -144,16 +144,29 @@ def _cross_checks(
                 if ref not in filters:
                     known = ", ".join(repr(f) for f in sorted(filters)) or "none defined"
                     problems.append(f"{label}: {where}.filters[{m}]: no filter named {ref!r} (filters: {known})")
+                elif ref in tag.filters[:m]:
+                    problems.append(f"{label}: {where}.filters[{m}]: {ref!r} is listed twice")
+            problems += _limits_overlap(label, where, tag.filters, filters)
     return problems
+
+
+def _limits_overlap(label: str, where: str, refs: list[str], filters: dict[str, Any]) -> list[str]:
+    """Two limits filters on one tag combine to the tightest bounds; an empty range flags everything."""
+    specs = [filters[r] for r in refs if isinstance(filters.get(r), dict) and filters[r].get("kind") == "limits"]
+    los = [s["lo"] for s in specs if isinstance(s.get("lo"), int | float)]
+    his = [s["hi"] for s in specs if isinstance(s.get("hi"), int | float)]
+    if len(specs) > 1 and los and his and max(los) >= min(his):
+        return [f"{label}: {where}.filters: the limits filters combine to lo {max(los)} >= hi {min(his)}"]
+    return []
 
 
 def _format(label: str, exc: ValidationError, model: type[BaseModel], prefix: tuple) -> list[str]:
     lines = []
     for err in exc.errors(include_url=False):
-        loc = prefix + tuple(err["loc"])
-        if len(loc) >= 3 and loc[0] == "filters" and loc[2] in FILTER_KINDS:
-            loc = loc[:2] + loc[3:]  # pydantic names the union member; the file has no such key
-        lines.append(f"{label}: {_loc_text(loc)}: {_message(err, model, tuple(err['loc']))}")
+        rel = tuple(err["loc"])
+        if len(rel) >= 3 and rel[0] == "filters" and rel[2] in FILTER_KINDS:
+            rel = rel[:2] + rel[3:]  # pydantic names the union member; the file has no such key
+        lines.append(f"{label}: {_loc_text(prefix + rel)}: {_message(err, model, rel)}")
     return lines
 
 
@@ -181,6 +194,8 @@ def _message(err: Any, model: type[BaseModel], loc: tuple) -> str:
         return f"{ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}"
     if kind == "union_tag_not_found":
         return f"required key {ctx.get('discriminator', '').strip(chr(39))!r} is missing"
+    if kind == "string_pattern_mismatch" and loc and loc[-1] == "topic_prefix":
+        return f"{value!r} is not a topic prefix (levels of letters, digits, '_', '.', '-' joined by single '/')"
     if kind == "string_pattern_mismatch":
         return f"{value!r} is not a valid name (letters, digits, '_', '.', '-'; no spaces, '/', '+' or '#')"
     if kind == "value_error":

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Annotated, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from edge_agent.config.units import PositiveDuration
+from edge_agent.config.units import MillisDuration, PositiveDuration, Seconds
+from edge_agent.config.urls import check_endpoint
 
 # Names end up in MQTT topics and in frame keys: no wildcards, no separators, nothing invisible.
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
@@ -18,20 +19,27 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `unit = "5"` or `inflight = true` is a mistake to report, not a value to coerce.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _directory(v: object) -> object:
+    if not isinstance(v, str) or not v.strip():
+        raise ValueError("must be a directory path such as \"/var/lib/edge-agent\" or \"./state\"")
+    return v
 
 
 class AgentSection(Section):
     id: Name
-    state_dir: Path
+    state_dir: Annotated[Path, BeforeValidator(_directory), Field(strict=False)]
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 class UplinkSection(Section):
     url: str = "mqtt://127.0.0.1:1883"
-    topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-/]+$")] = "edge"
+    topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$", max_length=128)] = "edge"
     client_id: Name | None = None
-    keepalive: PositiveDuration = Field(default="30s", validate_default=True)
+    keepalive: Seconds = Field(default="30s", validate_default=True)
     inflight: Annotated[int, Field(ge=1, le=1000)] = 32
     reconnect_min: PositiveDuration = Field(default="500ms", validate_default=True)
     reconnect_max: PositiveDuration = Field(default="30s", validate_default=True)
@@ -39,16 +47,7 @@ class UplinkSection(Section):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme != "mqtt":
-            raise ValueError(f"{v!r}: use mqtt://HOST:PORT (mqtts:// arrives with the TLS uplink)")
-        if not parts.hostname:
-            raise ValueError(f"{v!r} has no host")
-        try:
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError as exc:
-            raise ValueError(f"{v!r}: {exc}") from None
-        return v
+        return check_endpoint(v, ("mqtt",), "mqtt://HOST:PORT (mqtts:// arrives with the TLS uplink)")
 
     @property
     def host(self) -> str:
@@ -72,10 +71,13 @@ class BatchSection(Section):
     max_interval: PositiveDuration = Field(default="1s", validate_default=True)
 
 
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
 class LimitsFilter(Section):
     kind: Literal["limits"]
-    lo: float | None = None
-    hi: float | None = None
+    lo: Finite | None = None
+    hi: Finite | None = None
 
     @model_validator(mode="after")
     def _bounds(self) -> LimitsFilter:
@@ -104,7 +106,7 @@ class DeviceBase(Section):
 
     name: Name
     protocol: str
-    poll_interval: PositiveDuration = Field(default="1s", validate_default=True)
+    poll_interval: MillisDuration = Field(default="1s", validate_default=True)
     tags: list[TagBase] = Field(min_length=1)
 
 

@@ -11,6 +11,7 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, PlainSerializer
 
+# Case matters for durations ("2M" is not "2m"), so the spellings are exact.
 _DURATION_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
                    "m": 60_000_000_000, "h": 3_600_000_000_000, "d": 86_400_000_000_000}
 _SIZE_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
@@ -23,10 +24,11 @@ def parse_duration_ns(text: object) -> int:
     if not isinstance(text, str):
         raise ValueError(f"expected a duration string such as \"500ms\", \"5s\" or \"2m\", got {text!r}")
     m = _NUMBER_UNIT.match(text)
-    if not m or m.group(2).lower() not in _DURATION_UNITS:
+    if not m or m.group(2) not in _DURATION_UNITS:
         raise ValueError(f"{text!r} is not a duration (use a number and one of ns, us, ms, s, m, h, d)")
-    number, unit = m.group(1), m.group(2).lower()
-    ns = _scaled(number, _DURATION_UNITS[unit])
+    ns = _scaled(m.group(1), _DURATION_UNITS[m.group(2)])
+    if ns is None:
+        raise ValueError(f"{text!r} is not a whole number of nanoseconds")
     return ns
 
 
@@ -36,16 +38,19 @@ def parse_size_bytes(text: object) -> int:
         raise ValueError(f"expected a size string such as \"512MiB\" or \"2GB\", got {text!r}")
     m = _NUMBER_UNIT.match(text)
     if not m or m.group(2).lower() not in _SIZE_UNITS:
-        raise ValueError(f"{text!r} is not a size (use a number and one of B, kB, MB, GB, KiB, MiB, GiB)")
-    return _scaled(m.group(1), _SIZE_UNITS[m.group(2).lower()])
+        raise ValueError(f"{text!r} is not a size (use a number and one of B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)")
+    size = _scaled(m.group(1), _SIZE_UNITS[m.group(2).lower()])
+    if size is None:
+        raise ValueError(f"{text!r} is not a whole number of bytes")
+    return size
 
 
-def _scaled(number: str, factor: int) -> int:
+def _scaled(number: str, factor: int) -> int | None:
+    """Exact decimal scaling; None when the result is fractional (never silently truncated)."""
     whole, _, frac = number.partition(".")
-    value = int(whole) * factor
-    if frac:
-        value += int(frac) * factor // 10 ** len(frac)
-    return value
+    numerator = int(whole + frac) * factor
+    denominator = 10 ** len(frac)
+    return numerator // denominator if numerator % denominator == 0 else None
 
 
 def format_duration(ns: int) -> str:
@@ -63,8 +68,28 @@ def _check_positive(ns: int) -> int:
     return ns
 
 
+def _at_least_ms(ns: int) -> int:
+    if ns < 1_000_000:
+        raise ValueError(f"{format_duration(ns)} is too short: the minimum is 1ms")
+    return ns
+
+
+def _whole_seconds(ns: int) -> int:
+    if ns < 1_000_000_000 or ns % 1_000_000_000:
+        raise ValueError(f"{format_duration(ns)}: must be a whole number of seconds, at least 1s")
+    return ns
+
+
 Duration = Annotated[int, BeforeValidator(parse_duration_ns), PlainSerializer(format_duration)]
 PositiveDuration = Annotated[
     int, BeforeValidator(lambda v: _check_positive(parse_duration_ns(v))), PlainSerializer(format_duration)
+]
+# Poll intervals and timeouts: nothing on a plant network answers in under a millisecond.
+MillisDuration = Annotated[
+    int, BeforeValidator(lambda v: _at_least_ms(parse_duration_ns(v))), PlainSerializer(format_duration)
+]
+# MQTT keepalive is whole seconds on the wire.
+Seconds = Annotated[
+    int, BeforeValidator(lambda v: _whole_seconds(parse_duration_ns(v))), PlainSerializer(format_duration)
 ]
 Size = Annotated[int, BeforeValidator(parse_size_bytes)]
