@@ -135,3 +135,14 @@ async def test_a_unit_that_never_answers_is_retried_with_backoff_not_every_tick(
     assert elapsed >= 2 * 0.4, f"two reconnects took {elapsed:.2f}s: backoff not applied"
     assert all((b.quality == QUALITY_BAD_COMM).all() for b in rows)
     assert drv.stats.errors_by_kind["timeout"] == len(rows)
+
+
+async def test_first_poll_is_at_connect_not_one_interval_later(sim):
+    rows: list[Batch] = []
+    drv = ModbusDriver(device(sim.port, PRESS_TAGS, poll_interval="2s"), rows.append)
+    task = asyncio.create_task(drv.run())
+    try:
+        await async_wait_for(lambda: rows, 1.5, "the first poll, well before the 2 s interval")
+    finally:
+        task.cancel()
+    assert drv.stats.skipped_ticks == 0

@@ -37,17 +37,20 @@ class ModbusDriver:
 
     async def run(self) -> None:
         period = self.device.poll_interval
-        start = time.monotonic_ns()
+        start: int | None = None  # the tick grid starts at the first connection, not at process start
         tick = 0
         try:
             while True:
                 if not self._link.connected:
                     await self._connect()
+                    if start is None:
+                        start = time.monotonic_ns()
                     # Back on the absolute grid: ticks that passed while offline are skipped, not replayed.
                     due = -(-(time.monotonic_ns() - start) // period)
                     if due > tick:
                         self.stats.skipped_ticks += due - tick
                         tick = due
+                assert start is not None
                 await _sleep_until(start + tick * period)
                 await self._poll()
                 # Next tick strictly in the future; missed ones are skipped and counted, not replayed.
@@ -78,7 +81,8 @@ class ModbusDriver:
                 self._last_error = f"cannot connect ({exc})"
                 self._backoff_pending = True
                 continue
-            log.info("%s: connected", self._where)
+            # While a device keeps failing, only the first failure and the recovery are worth a line.
+            log.log(logging.DEBUG if self._backoff.attempt > 1 else logging.INFO, "%s: connected", self._where)
             self.stats.connects += 1
             self.stats.connected = True
             return
@@ -122,8 +126,9 @@ class ModbusDriver:
             self.stats.poll_errors += 1
             self._link.close()
             self.stats.connected = False
+            level = logging.WARNING if not self._backoff_pending else logging.DEBUG
             self._backoff_pending = True
-            log.warning("%s: connection dropped: %s", self._where, self._last_error)
+            log.log(level, "%s: connection dropped: %s", self._where, self._last_error)
         self.sink(batch)
 
     def _answered(self) -> None:
