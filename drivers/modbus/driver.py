@@ -43,10 +43,11 @@ class ModbusDriver:
             while True:
                 if not self._link.connected:
                     await self._connect()
+                    now = time.monotonic_ns()
                     if start is None:
-                        start = time.monotonic_ns()
+                        start = now
                     # Back on the absolute grid: ticks that passed while offline are skipped, not replayed.
-                    due = -(-(time.monotonic_ns() - start) // period)
+                    due = -(-(now - start) // period)
                     if due > tick:
                         self.stats.skipped_ticks += due - tick
                         tick = due
