@@ -24,7 +24,8 @@ class Batcher:
         on_close: Callable[[list[Block]], None],
     ):
         self._meta = {name: (tags, types) for name, tags, types in devices}
-        self._pending: dict[str, list[Batch]] = {}
+        # Batches concatenate only with batches of the same tag columns; key: (device, columns).
+        self._pending: dict[tuple[str, tuple[int, ...] | None], list[Batch]] = {}
         self._points = 0
         self.max_points = max_points
         self.max_interval_s = max_interval_ns / 1e9
@@ -42,7 +43,8 @@ class Batcher:
             return
         if batch.device not in self._meta:
             raise KeyError(f"batch for unknown device {batch.device!r}")
-        self._pending.setdefault(batch.device, []).append(batch)
+        key = (batch.device, None if batch.columns is None else tuple(batch.columns.tolist()))
+        self._pending.setdefault(key, []).append(batch)
         self._points += batch.points
         self.points_in += batch.points
         if self._points >= self.max_points:
@@ -58,8 +60,10 @@ class Batcher:
         if not self._points:
             return
         blocks: list[Block] = []
-        for device, parts in self._pending.items():
+        for (device, columns), parts in self._pending.items():
             tags, types = self._meta[device]
+            if columns is not None:
+                tags, types = tuple(tags[j] for j in columns), tuple(types[j] for j in columns)
             blocks += split_by_timestamps(device, tags, types, _concat(parts))
         self._pending.clear()
         self._points = 0
@@ -76,6 +80,7 @@ def _concat(parts: list[Batch]) -> Batch:
         values=np.concatenate([p.values for p in parts]),
         quality=np.concatenate([p.quality for p in parts]),
         flags=np.concatenate([p.flags for p in parts]),
+        columns=parts[0].columns,
     )
 
 

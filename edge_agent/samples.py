@@ -37,9 +37,14 @@ def quality_family(code: int) -> str:
 class Batch:
     """Samples of one device: n rows (polls) by k tags (in the device's configured tag order).
 
-    ts[i, j] is when the answer carrying sample (i, j) arrived, in unix ns. Tags read by different
-    requests of one poll may carry different timestamps; the frame encoder groups tags whose
-    timestamp columns are identical so that they share one encoded time column.
+    ts[i, j] is the sample's time in unix ns: when the answer arrived (Modbus), or the source
+    timestamp (OPC UA). Tags read by different requests of one poll may carry different timestamps;
+    the frame encoder groups tags whose timestamp columns are identical so that they share one
+    encoded time column.
+
+    `columns` says which of the device's tags (indices in config order) the k columns are; None
+    means all of them, in order. A poll-based driver fills every tag each row; a subscription
+    delivers only the tags that changed, so it sends batches of a subset.
     """
 
     device: str
@@ -47,6 +52,7 @@ class Batch:
     values: np.ndarray  # float64 (n, k)
     quality: np.ndarray  # uint8 (n, k)
     flags: np.ndarray  # uint32 (n, k)
+    columns: np.ndarray | None = None  # intp (k,): device tag indices; None = all tags in order
 
     @property
     def rows(self) -> int:
@@ -57,7 +63,7 @@ class Batch:
         return int(self.values.size)
 
     @classmethod
-    def empty(cls, device: str, rows: int, tags: int) -> Batch:
+    def empty(cls, device: str, rows: int, tags: int, columns: np.ndarray | None = None) -> Batch:
         """A batch of `rows` rows, all samples bad-comm with NaN values until a driver fills them."""
         return cls(
             device=device,
@@ -65,4 +71,5 @@ class Batch:
             values=np.full((rows, tags), np.nan, dtype=np.float64),
             quality=np.full((rows, tags), QUALITY_BAD_COMM, dtype=np.uint8),
             flags=np.zeros((rows, tags), dtype=np.uint32),
+            columns=columns,
         )

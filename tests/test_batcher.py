@@ -48,3 +48,19 @@ def test_tags_with_different_reply_times_get_separate_time_columns():
     blocks = split_by_timestamps("a", ("x", "y", "z"), ("float32", "int16", "bool"), batch)
     assert [(b.tags, b.ts.tolist()) for b in blocks] == [(("x", "z"), [10, 20]), (("y",), [15, 25])]
     assert blocks[0].values[:, 1].tolist() == [12.0, 22.0]
+
+
+async def test_batches_of_a_subset_of_tags_become_their_own_blocks():
+    closed: list[list[Block]] = []
+    batcher = Batcher(DEVICES, max_points=1000, max_interval_ns=60_000_000_000, on_close=closed.append)
+    full = row("a", 3, 1)
+    only_z = Batch.empty("a", 2, 1, columns=np.array([2]))
+    only_z.ts[:, 0] = [5, 7]
+    only_z.values[:, 0] = [1.0, 0.0]
+    only_z.quality[:] = 0
+    batcher.add(full)
+    batcher.add(only_z)
+    batcher.close()
+    blocks = [(b.tags, b.types, b.ts.tolist(), b.values[:, -1].tolist()) for b in closed[0]]
+    assert blocks == [(("x", "y", "z"), ("float32", "int16", "bool"), [1], [3.0]),
+                      (("z",), ("bool",), [5, 7], [1.0, 0.0])]

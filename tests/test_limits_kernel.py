@@ -54,3 +54,16 @@ def test_nan_and_bad_quality_never_fire_and_other_bits_survive():
     lo, hi = np.full(5, 0.0), np.full(5, 90.0)
     assert limits_kernel(values, quality, lo, hi, BIT, flags) == 2
     assert flags.tolist() == [[0, 0, 0b101, 1, 0]]
+
+
+def test_engine_applies_each_tags_limits_to_a_subset_batch():
+    from edge_agent.config.models import DeviceBase, LimitsFilter, TagBase
+    from edge_agent.filters.engine import DeviceFilters
+    from edge_agent.samples import Batch
+
+    dev = DeviceBase(name="d", protocol="x", tags=[TagBase(name="a"), TagBase(name="b", filters=["f"])])
+    engine = DeviceFilters(dev, {"f": LimitsFilter(kind="limits", hi=10.0)})
+    b = Batch.empty("d", 1, 1, columns=np.array([1]))
+    b.values[0, 0], b.quality[0, 0] = 11.0, 0
+    engine.process(b)
+    assert b.flags[0, 0] == 1  # tag b's limit, although the batch holds only that one column

@@ -35,10 +35,12 @@ class DeviceFilters:
                         self.hi[j] = min(self.hi[j], spec.hi)
 
     def process(self, batch: Batch) -> None:
-        """Set flag bits on the batch in place."""
+        """Set flag bits on the batch in place (per-tag parameters follow the batch's columns)."""
         if self.has_limits:
+            cols = batch.columns
+            lo, hi = (self.lo, self.hi) if cols is None else (self.lo[cols], self.hi[cols])
             self.fired["limits"] += limits_kernel(
-                batch.values, batch.quality, self.lo, self.hi, np.uint32(flags.LIMITS), batch.flags
+                batch.values, batch.quality, lo, hi, np.uint32(flags.LIMITS), batch.flags
             )
 
 
