@@ -13,6 +13,7 @@ import math
 
 import msgpack
 import numpy as np
+import zstandard
 
 from edge_agent.frame.model import FORMAT_VERSION, VALUE_TYPES, Block, Frame
 
@@ -20,7 +21,9 @@ __all__ = ["FrameError", "decode_frame", "encode_frame"]
 
 # Body encodings (frame element 5).
 BODY_PLAIN = 0  # the body is the blocks array itself
-BODY_ZSTD = 1  # reserved: the body is a bin holding zstd(msgpack(blocks array))
+BODY_ZSTD = 1  # the body is a bin holding zstd(msgpack(blocks array))
+# A compressed body may not inflate past this: a corrupt or hostile frame must not exhaust memory.
+MAX_INFLATED_BODY = 256 * 1024 * 1024
 
 # Value encodings of a tag. Integer and float codes are little-endian fixed-width arrays in a bin.
 _INT_CODES: dict[str, np.dtype] = {
@@ -72,7 +75,7 @@ class FrameError(ValueError):
 # --------------------------------------------------------------------------------------------------
 
 
-def encode_frame(frame: Frame) -> bytes:
+def encode_frame(frame: Frame, *, zstd_level: int | None = None) -> bytes:
     """Serialise a frame in the v1 wire format (docs/frame-format.md).
 
     Encodings are chosen here and nowhere else, deterministically: the same Frame always gives the
@@ -90,8 +93,14 @@ def encode_frame(frame: Frame) -> bytes:
     seq = _checked_int("frame.seq", frame.seq, 0, _UINT64_MAX)
     created = _checked_int("frame.created_ns", frame.created_ns, _INT64_MIN, _INT64_MAX)
     blocks = [_encode_block(i, b) for i, b in enumerate(frame.blocks)]
-    doc = [FORMAT_VERSION, frame.agent, boot, seq, created, BODY_PLAIN, blocks]
     try:
+        if zstd_level is None:
+            doc = [FORMAT_VERSION, frame.agent, boot, seq, created, BODY_PLAIN, blocks]
+        else:
+            # The header stays plain msgpack, so a consumer can dedupe and route by (agent, seq)
+            # without inflating the body.
+            body = zstandard.ZstdCompressor(level=zstd_level).compress(msgpack.packb(blocks, use_bin_type=True))
+            doc = [FORMAT_VERSION, frame.agent, boot, seq, created, BODY_ZSTD, body]
         return msgpack.packb(doc, use_bin_type=True)
     except UnicodeEncodeError as exc:  # lone surrogates in a name cannot travel as UTF-8
         raise ValueError(f"frame contains a string that is not valid UTF-8: {exc.reason}") from exc
@@ -284,19 +293,7 @@ def decode_frame(data: bytes, *, max_points: int = DEFAULT_MAX_POINTS) -> Frame:
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise FrameError(f"frame must be bytes, got {type(data).__name__}")
-    size = len(data)
-    try:
-        # Nothing in a frame can be longer than the frame, so these bounds cost nothing for valid
-        # input and stop a forged length prefix from reserving gigabytes before the data runs out.
-        doc = msgpack.unpackb(
-            data, raw=False, strict_map_key=True, use_list=True,
-            max_str_len=size, max_bin_len=size, max_array_len=size,
-            max_map_len=size // 2, max_ext_len=size,
-        )
-    except msgpack.ExtraData:
-        raise FrameError("trailing bytes after the frame's msgpack object") from None
-    except Exception as exc:  # msgpack raises ValueError subclasses, TypeError, UnicodeDecodeError...
-        raise FrameError(_one_line(f"not a msgpack document: {type(exc).__name__}: {exc}")) from None
+    doc = _unpack(data, "frame")
 
     if not isinstance(doc, list) or not doc:
         raise FrameError("frame is not a non-empty msgpack array")
@@ -313,18 +310,47 @@ def decode_frame(data: bytes, *, max_points: int = DEFAULT_MAX_POINTS) -> Frame:
     created_ns = _int("created_ns", doc[4], _INT64_MIN, _INT64_MAX)
     encoding = _int("encoding", doc[5], 0, _UINT64_MAX)
     if encoding == BODY_ZSTD:
-        raise FrameError(
-            "zstd-compressed frames need a decoder with zstd support (body encoding 1 is reserved in v1)"
-        )
-    if encoding != BODY_PLAIN:
+        body = _unpack(_inflate(_bin("body (encoding 1)", doc[6])), "zstd body")
+    elif encoding == BODY_PLAIN:
+        body = doc[6]
+    else:
         raise FrameError(f"unknown body encoding {encoding}")
-    body = doc[6]
     if not isinstance(body, list):
-        raise FrameError("body (encoding 0) must be an array of blocks")
+        raise FrameError(f"body (encoding {encoding}) must be an array of blocks")
 
     budget = [max_points]
     blocks = [_decode_block(i, b, budget) for i, b in enumerate(body)]
     return Frame(agent=agent, boot=boot, seq=seq, created_ns=created_ns, blocks=blocks)
+
+
+def _inflate(data: bytes) -> bytes:
+    try:
+        declared = zstandard.frame_content_size(data)
+    except zstandard.ZstdError as exc:
+        raise FrameError(_one_line(f"body is not a zstd frame: {exc}")) from None
+    if declared > MAX_INFLATED_BODY:
+        raise FrameError(f"zstd body declares {declared} bytes, over the {MAX_INFLATED_BODY} limit")
+    try:
+        return zstandard.ZstdDecompressor().decompress(data, max_output_size=MAX_INFLATED_BODY)
+    except zstandard.ZstdError as exc:
+        raise FrameError(_one_line(f"corrupt zstd body: {exc}")) from None
+
+
+def _unpack(data: bytes, what: str) -> object:
+    size = len(data)
+    try:
+        # Nothing in a frame can be longer than the frame, so these bounds cost nothing for valid
+        # input and stop a forged length prefix from reserving gigabytes before the data runs out.
+        doc = msgpack.unpackb(
+            data, raw=False, strict_map_key=True, use_list=True,
+            max_str_len=size, max_bin_len=size, max_array_len=size,
+            max_map_len=size // 2, max_ext_len=size,
+        )
+    except msgpack.ExtraData:
+        raise FrameError(f"trailing bytes after the {what}'s msgpack object") from None
+    except Exception as exc:  # msgpack raises ValueError subclasses, TypeError, UnicodeDecodeError...
+        raise FrameError(_one_line(f"{what} is not a msgpack document: {type(exc).__name__}: {exc}")) from None
+    return doc
 
 
 def _one_line(msg: str) -> str:
