@@ -7,16 +7,26 @@ drivers/ plus one entry point, and nothing else changes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from edge_agent.config.models import DeviceBase
 from edge_agent.samples import Batch
 
-# Called by a driver with each completed poll. It runs the filter engine and the batcher inline, so
-# it must stay cheap (vectorised numpy and numba only) and must not block on I/O.
-SampleSink = Callable[[Batch], None]
+
+@runtime_checkable
+class SampleSink(Protocol):
+    """Where a driver hands each completed poll.
+
+    Calling it runs the filter engine and the batcher inline, so it is cheap (vectorised numpy and
+    numba only) and never blocks on I/O. `accepting` turns False when the spool is full under the
+    `block` policy: a poll-based driver then skips its ticks (and counts them in skipped_ticks)
+    instead of reading data that has nowhere to go.
+    """
+
+    accepting: bool
+
+    def __call__(self, batch: Batch) -> None: ...
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Wires the stages together: driver -> filter engine -> batcher -> frame encoder -> spool -> uplink.
 
-The driver tasks call `_on_poll` inline (numba and numpy only, no I/O); closed batches go through a
+The driver tasks call the sink inline (numba and numpy only, no I/O); closed batches go through a
 queue to the spool writer, which encodes and commits them on the spool's own thread; the uplink
 reads only from the spool. So a slow disk or a dead broker never stalls a poll loop, and every
 sample that reached the batcher is either in the spool or in a batch that shutdown flushes into it.
@@ -9,6 +9,7 @@ sample that reached the batcher is either in the spool or in a batch that shutdo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -20,10 +21,10 @@ from edge_agent import __version__
 from edge_agent.batcher import Batcher
 from edge_agent.config.loader import Config
 from edge_agent.filters.engine import DeviceFilters, warm_up
-from edge_agent.frame.codec import encode_frame
+from edge_agent.frame.builder import build_frames
 from edge_agent.frame.model import Block, Frame
 from edge_agent.samples import Batch
-from edge_agent.spool import AsyncSpool
+from edge_agent.spool import AsyncSpool, Limits
 from edge_agent.uplink.mqtt import MqttUplink
 
 log = logging.getLogger("edge_agent")
@@ -36,8 +37,19 @@ class Counters:
     points_in: int = 0
     frames_spooled: int = 0
     points_spooled: int = 0
-    bytes_spooled: int = 0
+    blocked_s: float = 0.0  # time the spool was full under the block policy
     started_ns: int = field(default_factory=time.monotonic_ns)
+
+
+class Sink:
+    """What drivers call with each poll: filters, then the batcher. See drivers.api.SampleSink."""
+
+    def __init__(self, agent: Agent):
+        self._agent = agent
+        self.accepting = True
+
+    def __call__(self, batch: Batch) -> None:
+        self._agent._on_poll(batch)
 
 
 class Agent:
@@ -45,7 +57,8 @@ class Agent:
         self.cfg = cfg
         self.boot = uuid.uuid4().bytes
         self.counters = Counters()
-        self.spool = AsyncSpool(cfg.agent.state_dir / "spool.db")
+        limits = Limits(cfg.spool.max_bytes, cfg.spool.max_age, cfg.spool.on_full)
+        self.spool = AsyncSpool(cfg.agent.state_dir / "spool.db", limits, cfg.agent.id, self.boot.hex())
         registry = plugins()
         self._filters = {d.name: DeviceFilters(d, cfg.filters) for d in cfg.devices}
         self.batcher = Batcher(
@@ -54,11 +67,12 @@ class Agent:
             cfg.batch.max_interval,
             self._on_batch_closed,
         )
-        self.drivers: dict[str, Driver] = {
-            d.name: registry[d.protocol].create(d, self._on_poll) for d in cfg.devices
-        }
-        self.uplink = MqttUplink(cfg.uplink, cfg.agent.id, self.spool)
+        self.sink = Sink(self)
+        self.drivers: dict[str, Driver] = {d.name: registry[d.protocol].create(d, self.sink) for d in cfg.devices}
+        self.uplink = MqttUplink(cfg.uplink, cfg.agent.id, self.spool, boot=self.boot.hex(), version=__version__,
+                                 config_digest=cfg.digest[:16])
         self._closed: asyncio.Queue[list[Block]] = asyncio.Queue()
+        self._zstd = cfg.uplink.zstd_level if cfg.uplink.compression == "zstd" else None
 
     def _on_poll(self, batch: Batch) -> None:
         self._filters[batch.device].process(batch)
@@ -75,14 +89,30 @@ class Agent:
             self._closed.task_done()
 
     async def _commit(self, blocks: list[Block]) -> None:
-        def build(seq: int) -> tuple[bytes, int, int]:
-            frame = Frame(self.cfg.agent.id, self.boot, seq, time.time_ns(), blocks)
-            return encode_frame(frame), frame.points, frame.created_ns
+        def make(seq: int, part: list[Block]) -> Frame:
+            return Frame(self.cfg.agent.id, self.boot, seq, time.time_ns(), part)
 
-        await self.spool.append(build)
-        points = sum(b.points for b in blocks)
-        self.counters.frames_spooled += 1
-        self.counters.points_spooled += points
+        def build(first_seq: int) -> list[tuple[bytes, int, int]]:
+            return build_frames(blocks, first_seq, make, self.cfg.batch.max_frame_bytes, self._zstd)
+
+        while True:
+            self.spool.room.clear()
+            result = await self.spool.append(build)
+            if not result.full:
+                break
+            # block policy: hold this batch, stop the pollers, and wait for acknowledgements to make room.
+            if self.sink.accepting:
+                log.warning("spool full (%d bytes): pausing polls until the broker acknowledges frames",
+                            self.cfg.spool.max_bytes)
+            self.sink.accepting = False
+            t0 = time.monotonic()
+            await self.spool.room.wait()
+            self.counters.blocked_s += time.monotonic() - t0
+        if not self.sink.accepting:
+            log.info("spool has room again: polls resume")
+            self.sink.accepting = True
+        self.counters.frames_spooled += len(result.seqs)
+        self.counters.points_spooled += sum(b.points for b in blocks) if result.seqs else 0
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         """Run until `stop` is set, then flush every polled sample into the spool and return."""
@@ -119,8 +149,11 @@ class Agent:
         try:
             await asyncio.wait_for(self._closed.join(), SHUTDOWN_GRACE_S)
         except TimeoutError:
-            log.error("shutdown: spool writer did not finish within %.0fs", SHUTDOWN_GRACE_S)
+            log.error("shutdown: %d batches could not be spooled within %.0fs (spool full under the block "
+                      "policy?): their points are lost", self._closed.qsize() + 1, SHUTDOWN_GRACE_S)
         writer.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.uplink.announce_offline(), 1.0)
         uplink.cancel()
         await asyncio.gather(writer, uplink, return_exceptions=True)
         try:

@@ -23,7 +23,7 @@ from edge_agent.filters.engine import DeviceFilters, warm_up
 from edge_agent.frame.codec import encode_frame
 from edge_agent.frame.model import Block, Frame
 from edge_agent.samples import Batch
-from edge_agent.spool import Spool
+from edge_agent.spool import Limits, Spool
 
 
 @dataclass
@@ -80,9 +80,9 @@ async def _pipeline(rows: list[Batch], tags: int, spool: Spool, max_points: int)
     names = tuple(t.name for t in device.tags)
 
     def commit(blocks: list[Block]) -> None:
-        def build(seq: int) -> tuple[bytes, int, int]:
+        def build(seq: int) -> list[tuple[bytes, int, int]]:
             f = Frame("bench", bytes(16), seq, time.time_ns(), blocks)
-            return encode_frame(f), f.points, f.created_ns
+            return [(encode_frame(f), f.points, f.created_ns)]
 
         spool.append(build)
 
@@ -114,7 +114,7 @@ def run_bench(tags: int = 1000, polls: int = 500, max_points: int = 50_000) -> B
     rows = synthetic_polls(tags, polls, 100_000_000)
     baseline_rows = synthetic_polls(tags, polls, 100_000_000)
     with tempfile.TemporaryDirectory() as tmp:
-        spool = Spool(Path(tmp) / "spool.db")
+        spool = Spool(Path(tmp) / "spool.db", Limits(max_bytes=2**40))
         c0 = time.process_time()
         written, frames = asyncio.run(_pipeline(rows, tags, spool, max_points))
         pipeline_cpu = time.process_time() - c0

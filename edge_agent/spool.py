@@ -1,25 +1,33 @@
 """The durable store-and-forward spool: the single truth for what the broker has not acknowledged.
 
-SQLite in WAL mode, one transaction per frame (one fsync per batch, not per sample: SD cards wear
+SQLite in WAL mode, one transaction per batch (one fsync per batch, not per sample: SD cards wear
 out), synchronous=FULL so a committed frame survives power loss too. A frame is deleted only after
-its PUBACK; the sequence counter lives in the same transaction as the frame, so `seq` continues
-across restarts and never repeats.
+its PUBACK, or by the bound policy, and then counted and announced. The sequence counter lives in
+the same transaction as the frames, so `seq` continues across restarts and never repeats.
+
+Events (spool drops now, anomalies later) live in their own table and are published on the events
+topic: they are stored for the same reason frames are, since drops happen exactly while the broker
+is unreachable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 log = logging.getLogger("edge_agent.spool")
 T = TypeVar("T")
+
+OnFull = Literal["drop_oldest", "drop_newest", "block"]
+MAX_EVENTS = 10_000  # oldest events give way first; a flood of events must not eat the frame budget
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS frames (
@@ -27,6 +35,11 @@ CREATE TABLE IF NOT EXISTS frames (
     created_ns INTEGER NOT NULL,
     points INTEGER NOT NULL,
     data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_ns INTEGER NOT NULL,
+    payload BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', 0);
@@ -40,12 +53,49 @@ class SpoolDepth:
     bytes: int
 
 
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int = 512 * 1024 * 1024
+    max_age_ns: int = 7 * 86_400 * 1_000_000_000
+    on_full: OnFull = "drop_oldest"
+
+
+@dataclass
+class DropCounters:
+    """Everything the bounds ever removed unsent, by reason; exported as metrics, never reset."""
+
+    frames: dict[str, int] = field(default_factory=lambda: {"full": 0, "expired": 0})
+    points: dict[str, int] = field(default_factory=lambda: {"full": 0, "expired": 0})
+
+    def add(self, reason: str, frames: int, points: int) -> None:
+        self.frames[reason] += frames
+        self.points[reason] += points
+
+
+@dataclass(frozen=True)
+class Appended:
+    """What one append did: the seqs it committed, or `full` when the block policy refused it."""
+
+    seqs: tuple[int, ...] = ()
+    full: bool = False
+
+
+Build = Callable[[int], list[tuple[bytes, int, int]]]  # first seq -> [(data, points, created_ns)] in seq order
+
+
 class Spool:
     """Synchronous spool; use from one thread (AsyncSpool gives it one)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, limits: Limits | None = None, agent: str = "", boot: str = ""):
         self.path = path
+        self.limits = limits or Limits()
+        self.drops = DropCounters()
+        self._event_identity = {"agent": agent, "boot": boot}
         self._db = self._open()
+        frames, points, size = self._db.execute(
+            "SELECT count(*), coalesce(sum(points),0), coalesce(sum(length(data)),0) FROM frames"
+        ).fetchone()
+        self._depth = [int(frames), int(points), int(size)]
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,41 +128,145 @@ class Spool:
     def last_seq(self) -> int:
         return int(self._db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()[0])
 
-    def append(self, build: Callable[[int], tuple[bytes, int, int]]) -> int:
-        """Commit one frame; `build(seq)` returns (encoded bytes, points, created_ns)."""
+    def append(self, build: Build, now_ns: int | None = None) -> Appended:
+        """Commit the frames `build(first_seq)` returns, all in one transaction, within the bounds.
+
+        drop_oldest evicts the oldest frames to make room; drop_newest refuses the new frames; block
+        refuses them and reports `full`, so the caller holds them and stops polling until there is
+        room. Evictions and refusals are counted and written as an event in the same transaction.
+        """
+        now_ns = time.time_ns() if now_ns is None else now_ns
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            seq = self.last_seq() + 1
-            data, points, created_ns = build(seq)
-            db.execute("INSERT INTO frames (seq, created_ns, points, data) VALUES (?, ?, ?, ?)",
-                       (seq, created_ns, points, data))
-            db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (seq,))
+            first = self.last_seq() + 1
+            frames = build(first)
+            size = sum(len(d) for d, _, _ in frames)
+            points = sum(p for _, p, _ in frames)
+            self._expire(now_ns)
+            over = self._depth[2] + size - self.limits.max_bytes
+            if over > 0 and self.limits.on_full == "block":
+                db.execute("ROLLBACK")
+                return Appended(full=True)
+            if over > 0 and (self.limits.on_full == "drop_newest" or size > self.limits.max_bytes):
+                # The new frames do not fit: drop them, but still spend their seqs, so the consumer
+                # sees the gap the event announces.
+                last = first + len(frames) - 1
+                db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (last,))
+                self._dropped("full", len(frames), points, first, last, now_ns)
+                db.execute("COMMIT")
+                return Appended()
+            if over > 0:
+                self._evict_oldest(over, now_ns)
+            db.executemany(
+                "INSERT INTO frames (seq, created_ns, points, data) VALUES (?, ?, ?, ?)",
+                [(first + i, created, pts, data) for i, (data, pts, created) in enumerate(frames)],
+            )
+            last = first + len(frames) - 1
+            db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (last,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return seq
+        self._depth[0] += len(frames)
+        self._depth[1] += points
+        self._depth[2] += size
+        return Appended(seqs=tuple(range(first, last + 1)))
 
-    def pending(self, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
-        """Unacknowledged frames after `after_seq`, oldest first."""
+    def _evict_oldest(self, need_bytes: int, now_ns: int) -> None:
+        freed = frames = points = 0
+        first = last = 0
+        for seq, pts, size in self._db.execute("SELECT seq, points, length(data) FROM frames ORDER BY seq"):
+            if freed >= need_bytes:
+                break
+            first = first or seq
+            last = seq
+            freed += size
+            frames += 1
+            points += pts
+        self._db.execute("DELETE FROM frames WHERE seq <= ?", (last,))
+        self._account_removed(frames, points, freed)
+        self._dropped("full", frames, points, first, last, now_ns)
+
+    def _expire(self, now_ns: int) -> None:
+        cutoff = now_ns - self.limits.max_age_ns
+        row = self._db.execute(
+            "SELECT count(*), coalesce(sum(points),0), coalesce(sum(length(data)),0), min(seq), max(seq) "
+            "FROM frames WHERE created_ns < ?", (cutoff,)
+        ).fetchone()
+        if row[0]:
+            self._db.execute("DELETE FROM frames WHERE created_ns < ?", (cutoff,))
+            self._account_removed(row[0], row[1], row[2])
+            self._dropped("expired", row[0], row[1], row[3], row[4], now_ns)
+
+    def _account_removed(self, frames: int, points: int, size: int) -> None:
+        self._depth[0] -= frames
+        self._depth[1] -= points
+        self._depth[2] -= size
+
+    def _dropped(self, reason: str, frames: int, points: int, first: int, last: int, now_ns: int) -> None:
+        self.drops.add(reason, frames, points)
+        log.warning("spool %s: dropped %d frames (%d points, seq %d..%d) unsent, policy %s",
+                    "full" if reason == "full" else "expiry", frames, points, first, last,
+                    self.limits.on_full if reason == "full" else f"max_age {self.limits.max_age_ns // 10**9}s")
+        self._insert_event({
+            "kind": "spool_drop", "reason": reason, "policy": self.limits.on_full,
+            "frames": frames, "points": points, "first_seq": first, "last_seq": last,
+        }, now_ns)
+
+    def _insert_event(self, body: dict[str, object], now_ns: int) -> None:
+        payload = json.dumps({**self._event_identity, "ts": now_ns, **body}, separators=(",", ":"))
+        self._db.execute("INSERT INTO events (created_ns, payload) VALUES (?, ?)", (now_ns, payload.encode()))
+        self._db.execute(
+            "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?", (MAX_EVENTS,)
+        )
+
+    def add_event(self, body: dict[str, object], now_ns: int | None = None) -> None:
+        """Store an event for the events topic (its own transaction)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._insert_event(body, time.time_ns() if now_ns is None else now_ns)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def pending(self, after_seq: int, limit: int) -> list[tuple[int, int, bytes]]:
+        """Unacknowledged frames after `after_seq`, oldest first: (seq, created_ns, data)."""
         rows = self._db.execute(
-            "SELECT seq, data FROM frames WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+            "SELECT seq, created_ns, data FROM frames WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
         ).fetchall()
-        return [(int(s), bytes(d)) for s, d in rows]
+        return [(int(s), int(c), bytes(d)) for s, c, d in rows]
 
-    def delete(self, seqs: Iterable[int]) -> None:
-        """Forget acknowledged frames, all in one transaction."""
+    def pending_events(self, after_id: int, limit: int) -> list[tuple[int, bytes]]:
+        rows = self._db.execute(
+            "SELECT id, payload FROM events WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+        ).fetchall()
+        return [(int(i), bytes(p)) for i, p in rows]
+
+    def delete(self, seqs: Iterable[int], event_ids: Iterable[int] = ()) -> None:
+        """Forget acknowledged frames and events, all in one transaction."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
-        db.executemany("DELETE FROM frames WHERE seq=?", [(s,) for s in seqs])
-        db.execute("COMMIT")
+        try:
+            frames = points = size = 0
+            for seq in seqs:
+                row = db.execute("DELETE FROM frames WHERE seq=? RETURNING points, length(data)", (seq,)).fetchone()
+                if row is not None:  # already evicted or acknowledged twice
+                    frames, points, size = frames + 1, points + row[0], size + row[1]
+            db.executemany("DELETE FROM events WHERE id=?", [(i,) for i in event_ids])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._account_removed(frames, points, size)
 
     def depth(self) -> SpoolDepth:
-        n, pts, size = self._db.execute(
-            "SELECT count(*), coalesce(sum(points),0), coalesce(sum(length(data)),0) FROM frames"
-        ).fetchone()
-        return SpoolDepth(int(n), int(pts), int(size))
+        return SpoolDepth(*self._depth)
+
+    def oldest_seq(self) -> int | None:
+        row = self._db.execute("SELECT min(seq) FROM frames").fetchone()
+        return None if row[0] is None else int(row[0])
 
     def close(self) -> None:
         self._db.close()
@@ -121,36 +275,46 @@ class Spool:
 class AsyncSpool:
     """Runs every spool call on one dedicated thread, so SQLite and fsync never block the event loop."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, limits: Limits | None = None, agent: str = "", boot: str = ""):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
         self._spool: Spool | None = None
         self.path = path
+        self._args = (limits, agent, boot)
         self.changed = asyncio.Event()  # set after every append: wakes the uplink
+        self.room = asyncio.Event()  # set after every delete: wakes a writer blocked on a full spool
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def open(self) -> None:
-        self._spool = await self._call(Spool, self.path)
+        self._spool = await self._call(Spool, self.path, *self._args)
 
     @property
     def spool(self) -> Spool:
         assert self._spool is not None, "spool not open"
         return self._spool
 
-    async def append(self, build: Callable[[int], tuple[bytes, int, int]]) -> int:
-        seq = await self._call(self.spool.append, build)
-        self.changed.set()
-        return seq
+    async def append(self, build: Build) -> Appended:
+        result = await self._call(self.spool.append, build)
+        self.changed.set()  # also after a drop: a drop event waits to be published
+        return result
 
-    async def pending(self, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
+    async def add_event(self, body: dict[str, object]) -> None:
+        await self._call(self.spool.add_event, body)
+        self.changed.set()
+
+    async def pending(self, after_seq: int, limit: int) -> list[tuple[int, int, bytes]]:
         return await self._call(self.spool.pending, after_seq, limit)
 
-    async def delete(self, seqs: list[int]) -> None:
-        await self._call(self.spool.delete, seqs)
+    async def pending_events(self, after_id: int, limit: int) -> list[tuple[int, bytes]]:
+        return await self._call(self.spool.pending_events, after_id, limit)
+
+    async def delete(self, seqs: list[int], event_ids: Iterable[int] = ()) -> None:
+        await self._call(self.spool.delete, seqs, list(event_ids))
+        self.room.set()
 
     async def depth(self) -> SpoolDepth:
-        return await self._call(self.spool.depth)
+        return self.spool.depth()  # in-memory counters: no need to queue behind a commit
 
     async def last_seq(self) -> int:
         return await self._call(self.spool.last_seq)

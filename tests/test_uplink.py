@@ -4,6 +4,7 @@ oldest first, and never delete a frame that was not acknowledged, even on a sile
 from __future__ import annotations
 
 import asyncio
+import time
 
 from edge_agent.config.models import UplinkSection
 from edge_agent.spool import AsyncSpool
@@ -19,7 +20,7 @@ def payload(seq: int) -> bytes:
 
 async def append(spool: AsyncSpool, n: int) -> None:
     for _ in range(n):
-        await spool.append(lambda seq: (payload(seq), 1, seq))
+        await spool.append(lambda seq: [(payload(seq), 1, time.time_ns())])
 
 
 async def test_spools_while_unreachable_then_replays_in_order_and_survives_a_dead_link(broker, tmp_path):

@@ -25,6 +25,7 @@ from edge_agent.config.models import (
     DeviceBase,
     FilterSpec,
     RawConfig,
+    SpoolSection,
     UplinkSection,
 )
 
@@ -44,6 +45,7 @@ class Config:
     path: Path
     agent: AgentSection
     uplink: UplinkSection
+    spool: SpoolSection
     batch: BatchSection
     filters: dict[str, FilterSpec]
     devices: tuple[DeviceBase, ...]
@@ -106,6 +108,7 @@ def load_config(path: str | Path) -> Config:
         path=path,
         agent=raw.agent,
         uplink=raw.uplink,
+        spool=raw.spool,
         batch=raw.batch,
         filters=dict(raw.filters),
         devices=tuple(d for _, d in devices),

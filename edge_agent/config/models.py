@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from edge_agent.config.units import MillisDuration, PositiveDuration, Seconds
+from edge_agent.config.units import MillisDuration, PositiveDuration, Seconds, Size
 from edge_agent.config.urls import check_endpoint
 
 # Names end up in MQTT topics and in frame keys: no wildcards, no separators, nothing invisible.
@@ -37,17 +37,36 @@ class AgentSection(Section):
 
 class UplinkSection(Section):
     url: str = "mqtt://127.0.0.1:1883"
+    protocol: Literal["3.1.1", "5"] = "5"
     topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$", max_length=128)] = "edge"
     client_id: Name | None = None
     keepalive: Seconds = Field(default="30s", validate_default=True)
     inflight: Annotated[int, Field(ge=1, le=1000)] = 32
     reconnect_min: PositiveDuration = Field(default="500ms", validate_default=True)
     reconnect_max: PositiveDuration = Field(default="30s", validate_default=True)
+    # After an outage, the share of the in-flight window the backlog gets while live frames wait,
+    # and the longest a live frame may wait behind the backlog.
+    backlog_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    live_max_delay: PositiveDuration = Field(default="5s", validate_default=True)
+    compression: Literal["none", "zstd"] = "none"
+    zstd_level: Annotated[int, Field(ge=1, le=22)] = 3
+    # TLS (mqtts://): the system's CAs unless ca_file is given; a client certificate for mutual TLS.
+    ca_file: Annotated[Path, Field(strict=False)] | None = None
+    cert_file: Annotated[Path, Field(strict=False)] | None = None
+    key_file: Annotated[Path, Field(strict=False)] | None = None
+    verify_hostname: bool = True
+    username: str | None = None
+    password_file: Annotated[Path, Field(strict=False)] | None = None
+    password_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        return check_endpoint(v, ("mqtt",), "mqtt://HOST:PORT (mqtts:// arrives with the TLS uplink)")
+        return check_endpoint(v, ("mqtt", "mqtts"), "mqtt://HOST:PORT or mqtts://HOST:PORT")
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
 
     @property
     def host(self) -> str:
@@ -55,13 +74,49 @@ class UplinkSection(Section):
 
     @property
     def port(self) -> int:
-        return urlsplit(self.url).port or 1883
+        return urlsplit(self.url).port or (8883 if self.tls else 1883)
 
     @model_validator(mode="after")
-    def _backoff_order(self) -> UplinkSection:
+    def _consistent(self) -> UplinkSection:
         if self.reconnect_min > self.reconnect_max:
             raise ValueError("reconnect_min must not exceed reconnect_max")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (a client certificate needs its key)")
+        if not self.tls and (self.ca_file or self.cert_file or not self.verify_hostname):
+            raise ValueError("ca_file, cert_file, key_file and verify_hostname need an mqtts:// url")
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("give the password by password_file or password_env, not both")
+        if (self.password_file or self.password_env) and self.username is None:
+            raise ValueError("a password needs a username")
         return self
+
+    def password(self) -> str | None:
+        """Read at connect time, so a rotated password file is picked up; never logged."""
+        import os
+
+        if self.password_env is not None:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ValueError(f"environment variable {self.password_env} is not set")
+            return value
+        if self.password_file is not None:
+            return self.password_file.read_text().rstrip("\r\n")
+        return None
+
+
+class SpoolSection(Section):
+    """Bounds of the on-disk spool; what happens when the broker is away longer than it holds."""
+
+    max_bytes: Size = Field(default="512MiB", validate_default=True)
+    max_age: PositiveDuration = Field(default="7d", validate_default=True)
+    on_full: Literal["drop_oldest", "drop_newest", "block"] = "drop_oldest"
+
+    @field_validator("max_bytes")
+    @classmethod
+    def _min(cls, v: int) -> int:
+        if v < 64 * 1024:
+            raise ValueError("must be at least 64KiB")
+        return v
 
 
 class BatchSection(Section):
@@ -69,6 +124,15 @@ class BatchSection(Section):
 
     max_points: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000
     max_interval: PositiveDuration = Field(default="1s", validate_default=True)
+    # Larger batches are split into several frames: brokers reject oversized messages (AWS IoT: 128KiB).
+    max_frame_bytes: Size = Field(default="128KiB", validate_default=True)
+
+    @field_validator("max_frame_bytes")
+    @classmethod
+    def _frame_min(cls, v: int) -> int:
+        if v < 1024:
+            raise ValueError("must be at least 1KiB")
+        return v
 
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
@@ -115,6 +179,7 @@ class RawConfig(Section):
 
     agent: AgentSection
     uplink: UplinkSection = UplinkSection()
+    spool: SpoolSection = SpoolSection()
     batch: BatchSection = BatchSection()
     filters: dict[Name, FilterSpec] = {}
     devices: list[dict[str, object]] = Field(min_length=1)

@@ -1,0 +1,43 @@
+"""aiomqtt's client, plus the one thing it throws away: the PUBACK reason code.
+
+Under MQTT 5 a broker that refuses a publish (an ACL that denies the topic, a quota) still answers
+with a PUBACK, whose reason code says "not authorized". Counting that as delivered would delete the
+frame from the spool and lose it, so the uplink must see the code. aiomqtt 2.x drops it in
+`_on_publish`; this subclass records it per message id. It leans on aiomqtt internals, which is why
+pyproject pins aiomqtt below 3 and why it lives alone in this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiomqtt
+import paho.mqtt.client as mqtt
+from paho.mqtt.reasoncodes import ReasonCode
+
+
+class AckClient(aiomqtt.Client):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._puback_reasons: dict[int, ReasonCode] = {}
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: ReasonCode,
+                    properties: Any) -> None:
+        self._puback_reasons[mid] = reason_code  # before the waiter wakes up and looks for it
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    async def publish_acked(self, topic: str, payload: bytes, retain: bool = False) -> ReasonCode | None:
+        """QoS 1 publish that waits for the PUBACK however long it takes and returns its reason code.
+
+        Waiting has no timeout on purpose: a publish is over only when the broker answers or the
+        connection dies (then the session ends and everything unacknowledged is sent again).
+        """
+        info = self._client.publish(topic, payload, 1, retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        if not info.is_published():
+            confirmation = asyncio.Event()
+            with self._pending_call(info.mid, confirmation, self._pending_publishes):
+                await confirmation.wait()
+        return self._puback_reasons.pop(info.mid, None)
