@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p_tail.add_argument("--broker", default="mqtt://127.0.0.1:1883")
     p_tail.add_argument("--topic", default="edge/+/data")
     p_tail.add_argument("--count", type=int, default=None, help="exit after N samples")
+    p_tail.add_argument("--dedupe", action="store_true",
+                        help="skip frames already seen, by (agent, seq): redelivered frames after an outage")
 
     p_bench = sub.add_parser("bench", help="measure CPU and bytes per point of the pipeline against JSON")
     p_bench.add_argument("--tags", type=int, default=1000)
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tail":
         from edge_agent.tail import run_tail
 
-        return run_tail(args.broker, args.topic, args.count)
+        return run_tail(args.broker, args.topic, args.count, args.dedupe)
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:

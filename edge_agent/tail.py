@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
+from edge_agent.dedupe import Deduper
 from edge_agent.frame.codec import FrameError, decode_frame
 from edge_agent.frame.model import Frame
 
@@ -48,19 +49,28 @@ def _present(v: float, type_name: str) -> object:
     return v
 
 
-async def tail(url: str, topic: str, count: int | None, out: TextIO = sys.stdout) -> int:
+async def tail(url: str, topic: str, count: int | None, dedupe: bool = False, out: TextIO = sys.stdout) -> int:
     parts = urlsplit(url)
     if parts.scheme != "mqtt" or not parts.hostname:
         print(f"edge-agent tail: --broker {url!r}: use mqtt://HOST:PORT", file=sys.stderr)
         return 2
     printed = 0
+    deduper = Deduper() if dedupe else None
     async with aiomqtt.Client(parts.hostname, parts.port or 1883) as client:
         await client.subscribe(topic, qos=1)
         async for message in client.messages:
+            payload = bytes(message.payload)  # type: ignore[arg-type]
+            if not message.topic.value.endswith("/data"):  # events and status are JSON already
+                out.write(payload.decode(errors="replace") + "\n")
+                out.flush()
+                continue
             try:
-                frame = decode_frame(bytes(message.payload))  # type: ignore[arg-type]
+                frame = decode_frame(payload)
             except FrameError as exc:
                 print(f"edge-agent tail: {message.topic}: not a frame ({exc})", file=sys.stderr)
+                continue
+            if deduper is not None and not deduper.first_time(frame.agent, frame.seq):
+                print(f"edge-agent tail: duplicate frame {frame.agent}/{frame.seq} skipped", file=sys.stderr)
                 continue
             for sample in frame_samples(frame):
                 out.write(json.dumps(sample, separators=(",", ":")) + "\n")
@@ -72,9 +82,9 @@ async def tail(url: str, topic: str, count: int | None, out: TextIO = sys.stdout
     return 0
 
 
-def run_tail(url: str, topic: str, count: int | None) -> int:
+def run_tail(url: str, topic: str, count: int | None, dedupe: bool = False) -> int:
     try:
-        return asyncio.run(tail(url, topic, count))
+        return asyncio.run(tail(url, topic, count, dedupe))
     except aiomqtt.MqttError as exc:
         print(f"edge-agent tail: {url}: {exc}", file=sys.stderr)
         return 69  # EX_UNAVAILABLE
