@@ -57,7 +57,7 @@ class Config:
 
 def load_config(path: str | Path) -> Config:
     """Read and validate a config file; raises ConfigError listing every problem found."""
-    from drivers.registry import plugins  # late: the registry imports config models
+    from drivers.registry import PluginLoadError, plugins  # late: plugins import the config models
 
     path = Path(path)
     label = str(path)  # as the user typed it, so the line points at the file they mean
@@ -95,7 +95,11 @@ def load_config(path: str | Path) -> Config:
             what = "required key is missing" if protocol is None else f"{protocol!r} is not one of {known}"
             problems.append(f"{label}: devices[{i}].protocol: {what}")
             continue
-        model = registry[protocol].device_model
+        try:
+            model = registry[protocol].device_model
+        except PluginLoadError as exc:
+            problems.append(f"{label}: devices[{i}].protocol: {exc}")
+            continue
         try:
             devices.append((i, model.model_validate(dev)))
         except ValidationError as exc:
