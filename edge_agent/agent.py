@@ -162,7 +162,10 @@ class Agent:
             log.warning("shutdown: could not record the last acknowledgements (%s)", exc)
         depth = await self.spool.depth()
         await self.spool.close()
+        skipped = sum(d.stats.skipped_ticks for d in self.drivers.values())
         log.info(
-            "stopped: %d points polled, %d frames spooled, %d published; %d frames (%d points) wait in the spool",
-            self.counters.points_in, self.counters.frames_spooled, self.uplink.frames_out, depth.frames, depth.points,
+            "stopped: %d points polled, %d ticks skipped, %d frames spooled, %d published; "
+            "%d frames (%d points) wait in the spool",
+            self.counters.points_in, skipped, self.counters.frames_spooled, self.uplink.frames_out,
+            depth.frames, depth.points,
         )

@@ -41,3 +41,9 @@ class AckClient(aiomqtt.Client):
             with self._pending_call(info.mid, confirmation, self._pending_publishes):
                 await confirmation.wait()
         return self._puback_reasons.pop(info.mid, None)
+
+    def forget_disconnect(self) -> None:
+        """Retrieve the disconnect reason aiomqtt stores, so asyncio does not log it as never retrieved."""
+        fut = self._disconnected
+        if fut.done() and not fut.cancelled():
+            fut.exception()

@@ -73,7 +73,7 @@ class MqttUplink:
         cfg = self.cfg
         v5 = cfg.protocol == "5"
         offline = json.dumps({"state": "offline", **self._identity}).encode()
-        return AckClient(
+        client = AckClient(
             cfg.host, cfg.port,
             identifier=self.client_id,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
@@ -88,10 +88,13 @@ class MqttUplink:
             # The spool, not the broker, remembers what is unacknowledged: start each session clean.
             **({"clean_start": True} if v5 else {"clean_session": True}),
         )
+        client.pending_calls_threshold = cfg.inflight + 8  # a full window is the plan, not a warning sign
+        return client
 
     async def run(self) -> None:
         """Connect, drain the spool, reconnect on any failure, until cancelled."""
         while True:
+            client: AckClient | None = None
             try:
                 client = self._client_for()
                 async with client:
@@ -120,6 +123,8 @@ class MqttUplink:
             finally:
                 self.connected = False
                 self._client = None
+                if client is not None:
+                    client.forget_disconnect()
 
     async def announce_offline(self) -> None:
         """On a clean shutdown the will is not sent; say it ourselves, best effort."""
