@@ -223,6 +223,16 @@ def gen_ca_and_server(tmp: Path, name: str = "ca") -> tuple[Path, Path, Path]:
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
+    # A client certificate from the same CA, for mutual TLS.
+    ckey = ec.generate_private_key(ec.SECP256R1())
+    client = (x509.CertificateBuilder()
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge-agent")]))
+              .issuer_name(ca_name).public_key(ckey.public_key()).serial_number(x509.random_serial_number())
+              .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+              .sign(ca_key, hashes.SHA256()))
+    (tmp / f"{name}-client.crt").write_bytes(client.public_bytes(serialization.Encoding.PEM))
+    (tmp / f"{name}-client.key").write_bytes(ckey.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return ca_path, cert_path, key_path
 
 
