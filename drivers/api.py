@@ -29,6 +29,9 @@ class SampleSink(Protocol):
     def __call__(self, batch: Batch) -> None: ...
 
 
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
 @dataclass
 class DriverStats:
     """Counters a driver keeps; metrics and STATUS= read them, the driver never resets them."""
@@ -39,9 +42,17 @@ class DriverStats:
     connects: int = 0
     connected: bool = False
     errors_by_kind: dict[str, int] = field(default_factory=dict)
+    # Poll latency (start of a poll to its last answer) as a cumulative-ready histogram.
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
 
     def error(self, kind: str) -> None:
         self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
+
+    def observe_latency(self, seconds: float) -> None:
+        i = next((n for n, bound in enumerate(LATENCY_BUCKETS) if seconds <= bound), len(LATENCY_BUCKETS))
+        self.latency_counts[i] += 1
+        self.latency_sum += seconds
 
 
 @runtime_checkable

@@ -13,17 +13,21 @@ import contextlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from drivers.api import Driver
 from drivers.registry import plugins
 from edge_agent import __version__
 from edge_agent.batcher import Batcher
 from edge_agent.config.loader import Config
+from edge_agent.config.models import DeviceBase
 from edge_agent.filters.engine import DeviceFilters, warm_up
 from edge_agent.frame.builder import build_frames
 from edge_agent.frame.model import Block, Frame
+from edge_agent.metrics import serve as serve_metrics
+from edge_agent.reload import plan_reload
 from edge_agent.samples import Batch
+from edge_agent.sdnotify import Notifier, watchdog_interval_s
 from edge_agent.spool import AsyncSpool, Limits
 from edge_agent.uplink.mqtt import MqttUplink
 
@@ -39,6 +43,10 @@ class Counters:
     points_spooled: int = 0
     blocked_s: float = 0.0  # time the spool was full under the block policy
     started_ns: int = field(default_factory=time.monotonic_ns)
+
+
+def _batcher_entry(d: DeviceBase) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    return d.name, tuple(t.name for t in d.tags), plugins()[d.protocol].tag_types(d)
 
 
 class Sink:
@@ -60,22 +68,28 @@ class Agent:
         limits = Limits(cfg.spool.max_bytes, cfg.spool.max_age, cfg.spool.on_full)
         self.spool = AsyncSpool(cfg.agent.state_dir / "spool.db", limits, cfg.agent.id, self.boot.hex())
         registry = plugins()
-        self._filters = {d.name: DeviceFilters(d, cfg.filters) for d in cfg.devices}
+        self.filters = {d.name: DeviceFilters(d, cfg.filters) for d in cfg.devices}
         self.batcher = Batcher(
-            [(d.name, tuple(t.name for t in d.tags), registry[d.protocol].tag_types(d)) for d in cfg.devices],
-            cfg.batch.max_points,
-            cfg.batch.max_interval,
+            [_batcher_entry(d) for d in cfg.devices], cfg.batch.max_points, cfg.batch.max_interval,
             self._on_batch_closed,
         )
         self.sink = Sink(self)
         self.drivers: dict[str, Driver] = {d.name: registry[d.protocol].create(d, self.sink) for d in cfg.devices}
-        self.uplink = MqttUplink(cfg.uplink, cfg.agent.id, self.spool, boot=self.boot.hex(), version=__version__,
-                                 config_digest=cfg.digest[:16])
+        self._driver_tasks: dict[str, asyncio.Task[None]] = {}
+        self.uplink = self._make_uplink(cfg)
+        self._uplink_task: asyncio.Task[None] | None = None
+        self._uplink_restart = asyncio.Event()
+        self.notifier = Notifier()
+        self.loop_lag_s = 0.0
         self._closed: asyncio.Queue[list[Block]] = asyncio.Queue()
         self._zstd = cfg.uplink.zstd_level if cfg.uplink.compression == "zstd" else None
 
+    def _make_uplink(self, cfg: Config) -> MqttUplink:
+        return MqttUplink(cfg.uplink, cfg.agent.id, self.spool, boot=self.boot.hex(), version=__version__,
+                          config_digest=cfg.digest[:16])
+
     def _on_poll(self, batch: Batch) -> None:
-        self._filters[batch.device].process(batch)
+        self.filters[batch.device].process(batch)
         self.counters.points_in += batch.points
         self.batcher.add(batch)
 
@@ -114,8 +128,12 @@ class Agent:
         self.counters.frames_spooled += len(result.seqs)
         self.counters.points_spooled += sum(b.points for b in blocks) if result.seqs else 0
 
-    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
-        """Run until `stop` is set, then flush every polled sample into the spool and return."""
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None,
+                  reload: asyncio.Queue[Config] | None = None) -> None:
+        """Run until `stop` is set, then flush every polled sample into the spool and return.
+
+        Configs put on `reload` (already validated) are applied live: see `apply`.
+        """
         await asyncio.to_thread(warm_up)
         await self.spool.open()
         last = await self.spool.last_seq()
@@ -125,23 +143,130 @@ class Agent:
             __version__, self.cfg.agent.id, self.boot.hex(), len(self.drivers), self.spool.path,
             depth.frames, last + 1,
         )
-        tasks = [asyncio.create_task(drv.run(), name=f"device:{name}") for name, drv in self.drivers.items()]
+        if self.cfg.metrics.enabled:
+            try:
+                serve_metrics(self, self.cfg.metrics.host, self.cfg.metrics.port)
+            except OSError as exc:  # a busy port must not stop the data: say so and run without metrics
+                log.error("metrics: cannot listen on %s (%s); running without the metrics endpoint",
+                          self.cfg.metrics.listen, exc.strerror or exc)
+        for name, drv in self.drivers.items():
+            self._driver_tasks[name] = asyncio.create_task(drv.run(), name=f"device:{name}")
         writer = asyncio.create_task(self._spool_writer(), name="spool-writer")
-        uplink = asyncio.create_task(self.uplink.run(), name="uplink")
+        self._uplink_task = asyncio.create_task(self._uplink_supervisor(), name="uplink")
+        heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
+        reloader = asyncio.create_task(self._reloads(reload), name="reload") if reload is not None else None
+        self.notifier.send(READY=1, STATUS=self.status_line())
         if ready is not None:
             ready.set()
         try:
             # The writer and uplink only ever end by failing; that is a bug, and must not go unnoticed.
             stopper = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait([stopper, writer, uplink], return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            for task in done - {stopper}:
-                exc = task.exception()
-                raise RuntimeError(f"{task.get_name()} stopped unexpectedly: {exc!r}") from exc
+            while not stop.is_set():
+                core = [stopper, writer, self._uplink_task]
+                done, _ = await asyncio.wait(core, return_when=asyncio.FIRST_COMPLETED)
+                for task in done - {stopper}:
+                    exc = None if task.cancelled() else task.exception()
+                    raise RuntimeError(f"{task.get_name()} stopped unexpectedly: {exc!r}") from exc
         finally:
-            await self._shutdown(tasks, writer, uplink)
+            self.notifier.send(STOPPING=1)
+            heartbeat.cancel()
+            if reloader is not None:
+                reloader.cancel()
+            await self._shutdown(list(self._driver_tasks.values()), writer, self._uplink_task)
 
-    async def _shutdown(self, drivers: list[asyncio.Task], writer: asyncio.Task, uplink: asyncio.Task) -> None:
+    async def _uplink_supervisor(self) -> None:
+        """Runs the uplink, and replaces it when a reload changes [uplink]; the spool keeps the data."""
+        while True:
+            inner = asyncio.create_task(self.uplink.run(), name="uplink-session")
+            restart = asyncio.create_task(self._uplink_restart.wait())
+            try:
+                done, _ = await asyncio.wait([inner, restart], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                restart.cancel()
+                if not inner.done():
+                    inner.cancel()
+                    await asyncio.gather(inner, return_exceptions=True)
+            if inner in done:
+                inner.result()  # run() only ends by failing: let the agent see it
+            self._uplink_restart.clear()
+            self.uplink = self._make_uplink(self.cfg)
+
+    def status_line(self) -> str:
+        """One line for systemctl status: devices up, rate, spool depth."""
+        up = sum(1 for d in self.drivers.values() if d.stats.connected)
+        elapsed = max((time.monotonic_ns() - self.counters.started_ns) / 1e9, 1e-9)
+        depth = self.spool.spool.depth() if self.spool.is_open else None
+        spool = f"spool {depth.frames} frames" if depth else "spool closed"
+        uplink = "uplink up" if self.uplink.connected else "uplink down"
+        return (f"devices {up}/{len(self.drivers)} up, {self.counters.points_in / elapsed:.0f} points/s, "
+                f"{spool}, {uplink}")
+
+    async def _heartbeat(self, period_s: float = 0.5) -> None:
+        """Watchdog pings come from the event loop itself: if the loop blocks, systemd restarts us."""
+        watchdog = watchdog_interval_s()
+        period_s = min(period_s, watchdog) if watchdog else period_s
+        last_status = 0.0
+        while True:
+            t0 = time.monotonic()
+            await asyncio.sleep(period_s)
+            self.loop_lag_s = max(0.0, time.monotonic() - t0 - period_s)
+            fields: dict[str, object] = {"WATCHDOG": 1} if watchdog else {}
+            if time.monotonic() - last_status >= 5:
+                fields["STATUS"] = self.status_line()
+                last_status = time.monotonic()
+            if fields:
+                self.notifier.send(**fields)
+
+    async def _reloads(self, queue: asyncio.Queue[Config]) -> None:
+        while True:
+            cfg = await queue.get()
+            self.notifier.send(RELOADING=1, STATUS="reloading the config")
+            try:
+                await self.apply(cfg)
+            finally:
+                self.notifier.send(READY=1, STATUS=self.status_line())
+
+    async def apply(self, new: Config) -> None:
+        """Apply a new, valid config without a restart and without losing a sample.
+
+        Devices added, removed or changed are started, stopped or restarted; the others keep
+        polling untouched (their filter state too). The open batch is flushed to the spool first, so
+        no sample is held under the old layout. A changed uplink reconnects (the spool keeps
+        everything meanwhile). [agent] and [spool] changes need a restart and are reported.
+        """
+        old = self.cfg
+        plan = plan_reload(old, new)
+        for section in plan.needs_restart:
+            log.warning("reload: [%s] changed; that takes effect at the next restart", section)
+        for name in (*plan.removed, *plan.changed):
+            task = self._driver_tasks.pop(name, None)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self.batcher.close()
+        registry = plugins()
+        devices = {d.name: d for d in new.devices}
+        for name in plan.removed:
+            del self.drivers[name]
+            del self.filters[name]
+        for name in (*plan.added, *plan.changed):
+            dev = devices[name]
+            self.filters[name] = DeviceFilters(dev, new.filters)
+            self.drivers[name] = registry[dev.protocol].create(dev, self.sink)
+        for name in plan.refiltered:
+            self.filters[name] = DeviceFilters(devices[name], new.filters)
+        self.batcher.reconfigure([_batcher_entry(d) for d in new.devices], new.batch.max_points,
+                                 new.batch.max_interval)
+        self.cfg = replace(new, agent=old.agent, spool=old.spool)
+        for name in (*plan.added, *plan.changed):
+            self._driver_tasks[name] = asyncio.create_task(self.drivers[name].run(), name=f"device:{name}")
+        if plan.uplink_changed:
+            self._uplink_restart.set()
+        log.info("reload: config %s applied: %d devices added, %d removed, %d changed, %d kept%s",
+                 new.digest[:16], len(plan.added), len(plan.removed), len(plan.changed), len(plan.kept),
+                 ", uplink reconnected" if plan.uplink_changed else "")
+
+    async def _shutdown(self, drivers: list[asyncio.Task], writer: asyncio.Task, uplink: asyncio.Task | None) -> None:
         for t in drivers:
             t.cancel()
         await asyncio.gather(*drivers, return_exceptions=True)
@@ -154,8 +279,9 @@ class Agent:
         writer.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.uplink.announce_offline(), 1.0)
-        uplink.cancel()
-        await asyncio.gather(writer, uplink, return_exceptions=True)
+        if uplink is not None:
+            uplink.cancel()
+        await asyncio.gather(writer, *([uplink] if uplink else []), return_exceptions=True)
         try:
             await asyncio.wait_for(self.uplink.flush_acks(), 1.0)
         except Exception as exc:  # acked frames left behind are sent again: duplicates, never loss

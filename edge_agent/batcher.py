@@ -52,6 +52,15 @@ class Batcher:
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.max_interval_s, self.close)
 
+    def reconfigure(
+        self, devices: Sequence[tuple[str, tuple[str, ...], tuple[str, ...]]], max_points: int, max_interval_ns: int
+    ) -> None:
+        """New device layout and bounds (config reload). The open batch is closed first, under the old layout."""
+        self.close()
+        self._meta = {name: (tags, types) for name, tags, types in devices}
+        self.max_points = max_points
+        self.max_interval_s = max_interval_ns / 1e9
+
     def close(self) -> None:
         """Hand whatever is open to on_close (nothing happens when empty)."""
         if self._timer is not None:

@@ -37,16 +37,32 @@ def main(argv: list[str] | None = None) -> int:
     p_tail.add_argument("--dedupe", action="store_true",
                         help="skip frames already seen, by (agent, seq): redelivered frames after an outage")
 
+    p_status = sub.add_parser("status", help="devices, uplink and spool of the running agent, from its metrics")
+    p_status.add_argument("--url", default="http://127.0.0.1:9108/metrics")
+
     p_bench = sub.add_parser("bench", help="measure CPU and bytes per point of the pipeline against JSON")
     p_bench.add_argument("--tags", type=int, default=1000)
     p_bench.add_argument("--polls", type=int, default=500)
 
+    p_cert = sub.add_parser("opcua-cert", help="create this gateway's OPC UA application-instance certificate")
+    p_cert.add_argument("--dir", required=True, type=Path, help="PKI directory: writes own/cert.der, own/key.pem")
+    p_cert.add_argument("--uri", help="application URI (default urn:<hostname>:edge-agent)")
+    p_cert.add_argument("--hostname", help="host name for the certificate (default: this machine's)")
+    p_cert.add_argument("--days", type=int, default=730, help="validity in days (default 730)")
+    p_cert.add_argument("--force", action="store_true", help="replace an existing certificate and key")
+
     args = parser.parse_args(argv)
+    if args.command == "opcua-cert":
+        from drivers.opcua.certcli import run_opcua_cert  # late: only this command needs cryptography
+
+        return run_opcua_cert(args.dir, args.uri, args.hostname, args.days, args.force)
     if args.command == "bench":
         from edge_agent.bench import run_bench
 
         print(run_bench(args.tags, args.polls).report())
         return 0
+    if args.command == "status":
+        return status(args.url)
     if args.command == "tail":
         from edge_agent.tail import run_tail
 
@@ -108,12 +124,69 @@ def run(cfg: Config) -> int:
 
     async def _main() -> None:
         stop = asyncio.Event()
+        reloads: asyncio.Queue[Config] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Agent(cfg).run(stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(cfg.path, reloads)))
+        await Agent(cfg).run(stop, reload=reloads)
 
     asyncio.run(_main())
+    return 0
+
+
+async def _reload(path: Path, reloads: asyncio.Queue[Config]) -> None:
+    """SIGHUP: validate the file again; a bad one is reported line by line and the running config stays."""
+    try:
+        new = await asyncio.to_thread(load_config, path)
+    except ConfigError as exc:
+        for line in exc.problems:
+            log.error("reload rejected, keeping the running config: %s", line)
+        return
+    log.info("reload: %s is valid, applying", path)
+    await reloads.put(new)
+
+
+def status(url: str) -> int:
+    """Print devices, uplink and spool from the local metrics endpoint, for an operator at the box."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:  # a local, operator-given URL
+            text = resp.read().decode()
+    except OSError as exc:
+        print(f"edge-agent status: cannot read {url}: {getattr(exc, 'reason', exc)} (is the agent running, "
+              "with [metrics] enabled?)", file=sys.stderr)
+        return 69
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            samples.setdefault(smp.name, []).append((smp.labels, smp.value))
+
+    def one(name: str, default: float = 0.0) -> float:
+        return samples.get(name, [({}, default)])[0][1]
+
+    def by_device(name: str) -> dict[str, float]:
+        return {labels["device"]: v for labels, v in samples.get(name, []) if "device" in labels}
+
+    info = samples.get("edge_agent_info", [({}, 0)])[0][0]
+    print(f"agent {info.get('agent', '?')}  version {info.get('version', '?')}  boot {info.get('boot', '?')[:8]}  "
+          f"config {info.get('config', '?')}")
+    polls, errors = by_device("edge_agent_device_polls_total"), by_device("edge_agent_device_poll_errors_total")
+    up, skipped = by_device("edge_agent_device_connected"), by_device("edge_agent_device_skipped_ticks_total")
+    print(f"{'DEVICE':<20} {'STATE':<6} {'POLLS':>10} {'ERRORS':>8} {'SKIPPED':>8}")
+    for dev in sorted(polls):
+        print(f"{dev:<20} {'up' if up.get(dev) else 'DOWN':<6} {polls[dev]:>10.0f} {errors.get(dev, 0):>8.0f} "
+              f"{skipped.get(dev, 0):>8.0f}")
+    print(f"uplink  {'connected' if one('edge_agent_uplink_connected') else 'DISCONNECTED'}, "
+          f"{one('edge_agent_frames_published_total'):.0f} frames / {one('edge_agent_points_published_total'):.0f} "
+          f"points published, {one('edge_agent_uplink_refused_total'):.0f} refused")
+    dropped = sum(v for _, v in samples.get("edge_agent_spool_dropped_points_total", []))
+    print(f"spool   {one('edge_agent_spool_frames'):.0f} frames, {one('edge_agent_spool_points'):.0f} points, "
+          f"{one('edge_agent_spool_bytes') / 1e6:.1f} MB waiting; {dropped:.0f} points dropped"
+          f"{'; POLLS PAUSED (spool full)' if one('edge_agent_spool_blocked') else ''}")
     return 0
 
 

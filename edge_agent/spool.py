@@ -233,10 +233,14 @@ class Spool:
 
     def pending(self, after_seq: int, limit: int) -> list[tuple[int, int, bytes]]:
         """Unacknowledged frames after `after_seq`, oldest first: (seq, created_ns, data)."""
+        return [(s, c, d) for s, c, _, d in self.pending_with_points(after_seq, limit)]
+
+    def pending_with_points(self, after_seq: int, limit: int) -> list[tuple[int, int, int, bytes]]:
+        """As `pending`, with each frame's point count: (seq, created_ns, points, data)."""
         rows = self._db.execute(
-            "SELECT seq, created_ns, data FROM frames WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+            "SELECT seq, created_ns, points, data FROM frames WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
         ).fetchall()
-        return [(int(s), int(c), bytes(d)) for s, c, d in rows]
+        return [(int(s), int(c), int(p), bytes(d)) for s, c, p, d in rows]
 
     def pending_events(self, after_id: int, limit: int) -> list[tuple[int, bytes]]:
         rows = self._db.execute(
@@ -305,6 +309,13 @@ class AsyncSpool:
 
     async def pending(self, after_seq: int, limit: int) -> list[tuple[int, int, bytes]]:
         return await self._call(self.spool.pending, after_seq, limit)
+
+    async def pending_with_points(self, after_seq: int, limit: int) -> list[tuple[int, int, int, bytes]]:
+        return await self._call(self.spool.pending_with_points, after_seq, limit)
+
+    @property
+    def is_open(self) -> bool:
+        return self._spool is not None
 
     async def pending_events(self, after_id: int, limit: int) -> list[tuple[int, bytes]]:
         return await self._call(self.spool.pending_events, after_id, limit)

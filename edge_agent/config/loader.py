@@ -24,6 +24,7 @@ from edge_agent.config.models import (
     BatchSection,
     DeviceBase,
     FilterSpec,
+    MetricsSection,
     RawConfig,
     SpoolSection,
     UplinkSection,
@@ -47,6 +48,7 @@ class Config:
     uplink: UplinkSection
     spool: SpoolSection
     batch: BatchSection
+    metrics: MetricsSection
     filters: dict[str, FilterSpec]
     devices: tuple[DeviceBase, ...]
     digest: str  # sha256 of the file: tells which config a running agent uses
@@ -114,6 +116,7 @@ def load_config(path: str | Path) -> Config:
         uplink=raw.uplink,
         spool=raw.spool,
         batch=raw.batch,
+        metrics=raw.metrics,
         filters=dict(raw.filters),
         devices=tuple(d for _, d in devices),
         digest=hashlib.sha256(data).hexdigest(),

@@ -174,6 +174,29 @@ class DeviceBase(Section):
     tags: list[TagBase] = Field(min_length=1)
 
 
+class MetricsSection(Section):
+    """The Prometheus endpoint. Loopback by default: metrics say a lot about a plant."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:9108"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{v!r}: use HOST:PORT, e.g. \"127.0.0.1:9108\" (\"0.0.0.0:9108\" for every interface)")
+        return v
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
 class RawConfig(Section):
     """First pass: device tables stay raw until their driver plugin validates them."""
 
@@ -181,5 +204,6 @@ class RawConfig(Section):
     uplink: UplinkSection = UplinkSection()
     spool: SpoolSection = SpoolSection()
     batch: BatchSection = BatchSection()
+    metrics: MetricsSection = MetricsSection()
     filters: dict[Name, FilterSpec] = {}
     devices: list[dict[str, object]] = Field(min_length=1)

@@ -45,6 +45,7 @@ class MqttUplink:
         self._backoff = Backoff(cfg.reconnect_min, cfg.reconnect_max)
         self.connected = False
         self.frames_out = 0
+        self.points_out = 0
         self.bytes_out = 0
         self.events_out = 0
         self.connects = 0
@@ -116,7 +117,7 @@ class MqttUplink:
                 if isinstance(exc, PublishRefused):
                     what = "refused by"
                 log.warning("uplink %s %s (%s); data stays in the spool; retrying in %.1fs",
-                            what, self._target, detail, delay)
+                            what, self._target, detail, delay, extra={"every_attempt": True})
                 self.connected = False
                 self._client = None
                 await asyncio.sleep(delay)
@@ -157,8 +158,8 @@ class MqttUplink:
         window = asyncio.Semaphore(cfg.inflight)
         live_from = await self.spool.last_seq()  # frames after this were made during this session
         backlog_cursor, live_cursor, event_cursor = 0, live_from, 0
-        backlog: collections.deque[tuple[int, int, bytes]] = collections.deque()
-        live: collections.deque[tuple[int, int, bytes]] = collections.deque()
+        backlog: collections.deque[tuple[int, int, int, bytes]] = collections.deque()
+        live: collections.deque[tuple[int, int, int, bytes]] = collections.deque()
         sent_backlog = sent_live = 0
         backlog_done = False
         while True:
@@ -168,9 +169,10 @@ class MqttUplink:
                 tg.create_task(self._publish(client, window, self.events_topic, payload, event_id=event_id))
                 event_cursor = event_id
             if not live:
-                live.extend(await self.spool.pending(live_cursor, cfg.inflight))
+                live.extend(await self.spool.pending_with_points(live_cursor, cfg.inflight))
             if not backlog and not backlog_done:
-                rows = [r for r in await self.spool.pending(backlog_cursor, cfg.inflight) if r[0] <= live_from]
+                rows = [r for r in await self.spool.pending_with_points(backlog_cursor, cfg.inflight)
+                        if r[0] <= live_from]
                 backlog.extend(rows)
                 backlog_done = not rows
             if not live and not backlog:
@@ -183,16 +185,16 @@ class MqttUplink:
                 or time.time_ns() - live[0][1] > cfg.live_max_delay
                 or sent_backlog > cfg.backlog_share * (sent_backlog + sent_live)
             )
-            seq, _, data = live.popleft() if take_live else backlog.popleft()
+            seq, _, points, data = live.popleft() if take_live else backlog.popleft()
             if take_live:
                 live_cursor, sent_live = seq, sent_live + 1
             else:
                 backlog_cursor, sent_backlog = seq, sent_backlog + 1
             await window.acquire()
-            tg.create_task(self._publish(client, window, self.topic, data, seq=seq))
+            tg.create_task(self._publish(client, window, self.topic, data, seq=seq, points=points))
 
     async def _publish(self, client: AckClient, window: asyncio.Semaphore, topic: str, data: bytes,
-                       seq: int | None = None, event_id: int | None = None) -> None:
+                       seq: int | None = None, event_id: int | None = None, points: int = 0) -> None:
         try:
             reason = await client.publish_acked(topic, data)
         finally:
@@ -203,6 +205,7 @@ class MqttUplink:
             raise PublishRefused(f"broker refused {what} on {topic}: {reason}")
         if seq is not None:
             self.frames_out += 1
+            self.points_out += points
             self.bytes_out += len(data)
             self._acked.append(seq)
         else:
