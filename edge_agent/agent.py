@@ -82,7 +82,6 @@ class Agent:
         self.notifier = Notifier()
         self.loop_lag_s = 0.0
         self._closed: asyncio.Queue[list[Block]] = asyncio.Queue()
-        self._zstd = cfg.uplink.zstd_level if cfg.uplink.compression == "zstd" else None
 
     def _make_uplink(self, cfg: Config) -> MqttUplink:
         return MqttUplink(cfg.uplink, cfg.agent.id, self.spool, boot=self.boot.hex(), version=__version__,
@@ -106,8 +105,11 @@ class Agent:
         def make(seq: int, part: list[Block]) -> Frame:
             return Frame(self.cfg.agent.id, self.boot, seq, time.time_ns(), part)
 
+        up = self.cfg.uplink  # read per batch: a reload may change compression
+        zstd = up.zstd_level if up.compression == "zstd" else None
+
         def build(first_seq: int) -> list[tuple[bytes, int, int]]:
-            return build_frames(blocks, first_seq, make, self.cfg.batch.max_frame_bytes, self._zstd)
+            return build_frames(blocks, first_seq, make, self.cfg.batch.max_frame_bytes, zstd)
 
         while True:
             self.spool.room.clear()

@@ -91,7 +91,10 @@ class Spool:
         self.limits = limits or Limits()
         self.drops = DropCounters()
         self._event_identity = {"agent": agent, "boot": boot}
+        self._reset_event: dict[str, object] | None = None
         self._db = self._open()
+        if self._reset_event is not None:
+            self.add_event(self._reset_event)
         frames, points, size = self._db.execute(
             "SELECT count(*), coalesce(sum(points),0), coalesce(sum(length(data)),0) FROM frames"
         ).fetchone()
@@ -107,9 +110,17 @@ class Spool:
                 src = Path(str(self.path) + suffix)
                 if src.exists():
                     src.rename(str(aside) + suffix)
-            log.error("spool %s is unreadable (%s): moved aside to %s, starting a fresh spool",
-                      self.path, exc, aside)
-            return self._connect()
+            db = self._connect()
+            # seq must never repeat, or consumers would drop new frames as duplicates of old ones: the
+            # fresh spool continues from the unix time in ms, far above any seq a spool reaches, and
+            # the jump is the gap a consumer reports.
+            restart = time.time_ns() // 1_000_000
+            db.execute("UPDATE meta SET value=max(value, ?) WHERE key='last_seq'", (restart,))
+            log.error("spool %s is unreadable (%s): moved aside to %s; a fresh spool continues at seq %d",
+                      self.path, exc, aside, restart + 1)
+            self._reset_event = {"kind": "spool_reset", "reason": str(exc)[:200], "moved_to": str(aside),
+                                 "next_seq": restart + 1}
+            return db
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -133,9 +144,11 @@ class Spool:
 
         drop_oldest evicts the oldest frames to make room; drop_newest refuses the new frames; block
         refuses them and reports `full`, so the caller holds them and stops polling until there is
-        room. Evictions and refusals are counted and written as an event in the same transaction.
+        room. A batch larger than the whole spool can never fit and is dropped under every policy.
+        Evictions and refusals are counted and written as an event in the same transaction.
         """
         now_ns = time.time_ns() if now_ns is None else now_ns
+        self.expire(now_ns)  # its own transaction: a refused append must not undo (or recount) it
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -143,37 +156,57 @@ class Spool:
             frames = build(first)
             size = sum(len(d) for d, _, _ in frames)
             points = sum(p for _, p, _ in frames)
-            self._expire(now_ns)
+            last = first + len(frames) - 1
             over = self._depth[2] + size - self.limits.max_bytes
-            if over > 0 and self.limits.on_full == "block":
+            too_big = size > self.limits.max_bytes
+            if over > 0 and self.limits.on_full == "block" and not too_big:
                 db.execute("ROLLBACK")
                 return Appended(full=True)
-            if over > 0 and (self.limits.on_full == "drop_newest" or size > self.limits.max_bytes):
+            if over > 0 and (self.limits.on_full == "drop_newest" or too_big):
                 # The new frames do not fit: drop them, but still spend their seqs, so the consumer
                 # sees the gap the event announces.
-                last = first + len(frames) - 1
                 db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (last,))
-                self._dropped("full", len(frames), points, first, last, now_ns)
+                dropped = self._dropped("full", len(frames), points, first, last, now_ns)
                 db.execute("COMMIT")
+                dropped()
                 return Appended()
-            if over > 0:
-                self._evict_oldest(over, now_ns)
+            evicted = self._evict_oldest(over, now_ns) if over > 0 else None
             db.executemany(
                 "INSERT INTO frames (seq, created_ns, points, data) VALUES (?, ?, ?, ?)",
                 [(first + i, created, pts, data) for i, (data, pts, created) in enumerate(frames)],
             )
-            last = first + len(frames) - 1
             db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (last,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self._depth[0] += len(frames)
-        self._depth[1] += points
-        self._depth[2] += size
+        if evicted is not None:
+            evicted()
+        self._account(len(frames), points, size)
         return Appended(seqs=tuple(range(first, last + 1)))
 
-    def _evict_oldest(self, need_bytes: int, now_ns: int) -> None:
+    def expire(self, now_ns: int | None = None) -> None:
+        """Drop (count, announce) frames older than max_age, in one transaction."""
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        cutoff = now_ns - self.limits.max_age_ns
+        row = self._db.execute(
+            "SELECT count(*), coalesce(sum(points),0), coalesce(sum(length(data)),0), min(seq), max(seq) "
+            "FROM frames WHERE created_ns < ?", (cutoff,)
+        ).fetchone()
+        if not row[0]:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("DELETE FROM frames WHERE created_ns < ?", (cutoff,))
+            dropped = self._dropped("expired", row[0], row[1], row[3], row[4], now_ns)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        dropped()
+        self._account(-row[0], -row[1], -row[2])
+
+    def _evict_oldest(self, need_bytes: int, now_ns: int) -> Callable[[], None]:
         freed = frames = points = 0
         first = last = 0
         for seq, pts, size in self._db.execute("SELECT seq, points, length(data) FROM frames ORDER BY seq"):
@@ -185,34 +218,35 @@ class Spool:
             frames += 1
             points += pts
         self._db.execute("DELETE FROM frames WHERE seq <= ?", (last,))
-        self._account_removed(frames, points, freed)
-        self._dropped("full", frames, points, first, last, now_ns)
+        announce = self._dropped("full", frames, points, first, last, now_ns)
 
-    def _expire(self, now_ns: int) -> None:
-        cutoff = now_ns - self.limits.max_age_ns
-        row = self._db.execute(
-            "SELECT count(*), coalesce(sum(points),0), coalesce(sum(length(data)),0), min(seq), max(seq) "
-            "FROM frames WHERE created_ns < ?", (cutoff,)
-        ).fetchone()
-        if row[0]:
-            self._db.execute("DELETE FROM frames WHERE created_ns < ?", (cutoff,))
-            self._account_removed(row[0], row[1], row[2])
-            self._dropped("expired", row[0], row[1], row[3], row[4], now_ns)
+        def after_commit() -> None:
+            announce()
+            self._account(-frames, -points, -freed)
 
-    def _account_removed(self, frames: int, points: int, size: int) -> None:
-        self._depth[0] -= frames
-        self._depth[1] -= points
-        self._depth[2] -= size
+        return after_commit
 
-    def _dropped(self, reason: str, frames: int, points: int, first: int, last: int, now_ns: int) -> None:
-        self.drops.add(reason, frames, points)
-        log.warning("spool %s: dropped %d frames (%d points, seq %d..%d) unsent, policy %s",
-                    "full" if reason == "full" else "expiry", frames, points, first, last,
-                    self.limits.on_full if reason == "full" else f"max_age {self.limits.max_age_ns // 10**9}s")
+    def _account(self, frames: int, points: int, size: int) -> None:
+        self._depth[0] += frames
+        self._depth[1] += points
+        self._depth[2] += size
+
+    def _dropped(self, reason: str, frames: int, points: int, first: int, last: int,
+                 now_ns: int) -> Callable[[], None]:
+        """Write the drop event (inside the caller's transaction); count and log once it commits."""
+        policy = self.limits.on_full if reason == "full" else "max_age"
         self._insert_event({
-            "kind": "spool_drop", "reason": reason, "policy": self.limits.on_full,
+            "kind": "spool_drop", "reason": reason, "policy": policy,
             "frames": frames, "points": points, "first_seq": first, "last_seq": last,
         }, now_ns)
+
+        def after_commit() -> None:
+            self.drops.add(reason, frames, points)
+            log.warning("spool %s: dropped %d frames (%d points, seq %d..%d) unsent, policy %s",
+                        "full" if reason == "full" else "expiry", frames, points, first, last,
+                        policy if reason == "full" else f"max_age {self.limits.max_age_ns // 10**9}s")
+
+        return after_commit
 
     def _insert_event(self, body: dict[str, object], now_ns: int) -> None:
         payload = json.dumps({**self._event_identity, "ts": now_ns, **body}, separators=(",", ":"))
@@ -263,7 +297,7 @@ class Spool:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self._account_removed(frames, points, size)
+        self._account(-frames, -points, -size)
 
     def depth(self) -> SpoolDepth:
         return SpoolDepth(*self._depth)

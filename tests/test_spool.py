@@ -78,12 +78,17 @@ def test_committed_frames_survive_kill_9(tmp_path):
     s.close()
 
 
-def test_corrupt_spool_is_moved_aside_with_one_log_line(tmp_path, caplog):
+def test_corrupt_spool_is_moved_aside_and_seq_never_repeats(tmp_path, caplog):
     path = tmp_path / "spool.db"
     path.write_bytes(b"this is not a database" * 100)
+    before_ms = time.time_ns() // 1_000_000
     with caplog.at_level(logging.ERROR, logger="edge_agent.spool"):
         s = Spool(path)
-    assert s.append(frame).seqs == (1,)
+    (seq,) = s.append(frame).seqs
+    # Whatever the lost spool had reached, the new seqs are above it: a consumer's dedupe keeps them.
+    assert seq > before_ms
+    (event,) = events(s)
+    assert event["kind"] == "spool_reset" and event["next_seq"] == seq
     s.close()
     aside = [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
     assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not a database")
@@ -165,4 +170,27 @@ def test_acknowledging_events_and_frames_together(tmp_path):
     ids = [i for i, _ in s.pending_events(0, 10)]
     s.delete([2, 3, 3, 99], ids)  # duplicates and unknown seqs are harmless
     assert s.depth() == SpoolDepth(0, 0, 0) and s.pending_events(0, 10) == []
+    s.close()
+
+
+def test_block_never_waits_for_a_batch_larger_than_the_whole_spool(tmp_path):
+    s = Spool(tmp_path / "spool.db", Limits(max_bytes=3_000, on_full="block"))
+    assert s.append(sized(5_000)).seqs == () and not s.append(sized(5_000)).full
+    assert s.drops.frames["full"] == 2 and s.depth() == SpoolDepth(0, 0, 0)
+    s.close()
+
+
+def test_expiry_is_counted_once_even_while_block_refuses(tmp_path):
+    s = Spool(tmp_path / "spool.db", Limits(max_bytes=3_000, max_age_ns=60 * 10**9, on_full="block"))
+    old = time.time_ns() - 120 * 10**9
+    s.append(lambda seq: [(b"o" * 1000, 5, old)], now_ns=old)
+    s.append(sized(1000), now_ns=old)
+    s.append(sized(1000), now_ns=old)
+    assert s.depth() == SpoolDepth(3, 25, 3_000)
+    # Now: the old frame expires (once), which makes room for exactly one more frame.
+    assert s.append(sized(1000)).seqs == (4,)
+    assert s.append(sized(1000)).full and s.append(sized(1000)).full
+    assert s.drops.frames == {"full": 0, "expired": 1} and s.drops.points["expired"] == 5
+    assert s.depth() == SpoolDepth(3, 30, 3_000)
+    assert [e["reason"] for e in events(s)] == ["expired"]
     s.close()

@@ -12,7 +12,7 @@ import tomllib
 import types
 import typing
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,14 @@ from pydantic import BaseModel, ValidationError
 
 from edge_agent.config.models import (
     FILTER_KINDS,
+    FILTER_MODELS,
     AgentSection,
     BatchSection,
     DeviceBase,
     FilterSpec,
     MetricsSection,
     RawConfig,
+    ReportingSpec,
     SpoolSection,
     UplinkSection,
 )
@@ -52,6 +54,7 @@ class Config:
     filters: dict[str, FilterSpec]
     devices: tuple[DeviceBase, ...]
     digest: str  # sha256 of the file: tells which config a running agent uses
+    reporting: dict[str, ReportingSpec] = field(default_factory=dict)
 
     def device(self, name: str) -> DeviceBase:
         return next(d for d in self.devices if d.name == name)
@@ -107,6 +110,8 @@ def load_config(path: str | Path) -> Config:
         except ValidationError as exc:
             problems += _format(label, exc, model, ("devices", i))
     problems += _cross_checks(label, devices, raw_devices, filters)
+    reporting = doc.get("reporting") if isinstance(doc.get("reporting"), dict) else {}
+    problems += _filter_checks(label, devices, filters, reporting)
     if problems:
         raise ConfigError(problems)
     assert raw is not None
@@ -120,6 +125,7 @@ def load_config(path: str | Path) -> Config:
         filters=dict(raw.filters),
         devices=tuple(d for _, d in devices),
         digest=hashlib.sha256(data).hexdigest(),
+        reporting=dict(raw.reporting),
     )
 
 
@@ -160,6 +166,47 @@ def _cross_checks(
     return problems
 
 
+def _filter_checks(
+    label: str, devices: list[tuple[int, DeviceBase]], filters: dict[str, Any], reporting: dict[str, Any]
+) -> list[str]:
+    """What only the whole device shows: one filter per kind per tag (limits excepted, they combine),
+    multivariate groups big enough to have a correlation, reporting references that resolve."""
+    problems = []
+    for i, dev in devices:
+        groups: dict[str, list[int]] = {}
+        for j, tag in enumerate(dev.tags):
+            where = f"devices[{i}].tags[{j}]"
+            kinds: dict[str, str] = {}
+            for ref in dict.fromkeys(tag.filters):
+                kind = filters.get(ref, {}).get("kind") if isinstance(filters.get(ref), dict) else None
+                if kind == "multivariate":
+                    groups.setdefault(ref, []).append(j)
+                if kind is None or kind == "limits":
+                    continue
+                if kind in kinds:
+                    problems.append(f"{label}: {where}.filters: {kinds[kind]!r} and {ref!r} are both {kind} "
+                                    "filters; a tag takes one filter of each kind (limits excepted)")
+                kinds[kind] = ref
+            if tag.reporting is not None:
+                policy = reporting.get(tag.reporting)
+                if not isinstance(policy, dict):
+                    known = ", ".join(repr(r) for r in sorted(reporting)) or "none defined"
+                    problems.append(f"{label}: {where}.reporting: no reporting policy named {tag.reporting!r} "
+                                    f"(reporting: {known})")
+                elif policy.get("mode") == "deadband" and "deadband" not in kinds:
+                    problems.append(f"{label}: {where}.reporting: policy {tag.reporting!r} reports by deadband, "
+                                    "but the tag has no deadband filter")
+        for ref, members in groups.items():
+            training = filters[ref].get("training", 1000)
+            if len(members) < 2:
+                problems.append(f"{label}: devices[{i}].tags[{members[0]}].filters: multivariate filter {ref!r} "
+                                f"needs at least 2 tags of device {dev.name!r} (it scores them as one vector)")
+            elif isinstance(training, int) and training <= len(members):
+                problems.append(f"{label}: filters.{ref}.training: {training} rows cannot train a model of "
+                                f"{len(members)} tags (device {dev.name!r}); use more than {len(members)}")
+    return problems
+
+
 def _limits_overlap(label: str, where: str, refs: list[str], filters: dict[str, Any]) -> list[str]:
     """Two limits filters on one tag combine to the tightest bounds; an empty range flags everything."""
     specs = [filters[r] for r in refs if isinstance(filters.get(r), dict) and filters[r].get("kind") == "limits"]
@@ -170,12 +217,18 @@ def _limits_overlap(label: str, where: str, refs: list[str], filters: dict[str, 
     return []
 
 
+_FILTER_BY_KIND = {k: m for m in FILTER_MODELS for k in typing.get_args(m.model_fields["kind"].annotation)}
+
+
 def _format(label: str, exc: ValidationError, model: type[BaseModel], prefix: tuple) -> list[str]:
     lines = []
     for err in exc.errors(include_url=False):
         rel = tuple(err["loc"])
         if len(rel) >= 3 and rel[0] == "filters" and rel[2] in FILTER_KINDS:
-            rel = rel[:2] + rel[3:]  # pydantic names the union member; the file has no such key
+            # pydantic names the union member; the file has no such key. Hints come from that member.
+            kind, rel = rel[2], rel[:2] + rel[3:]
+            lines.append(f"{label}: {_loc_text(prefix + rel)}: {_message(err, _FILTER_BY_KIND[kind], rel[2:])}")
+            continue
         lines.append(f"{label}: {_loc_text(prefix + rel)}: {_message(err, model, rel)}")
     return lines
 
@@ -204,6 +257,8 @@ def _message(err: Any, model: type[BaseModel], loc: tuple) -> str:
         return f"{ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}"
     if kind == "union_tag_not_found":
         return f"required key {ctx.get('discriminator', '').strip(chr(39))!r} is missing"
+    if kind == "string_pattern_mismatch" and loc and loc[-1] == "password_env":
+        return f"{value!r} is not an environment variable name (letters, digits and '_', not starting with a digit)"
     if kind == "string_pattern_mismatch" and loc and loc[-1] == "topic_prefix":
         return f"{value!r} is not a topic prefix (levels of letters, digits, '_', '.', '-' joined by single '/')"
     if kind == "string_pattern_mismatch":

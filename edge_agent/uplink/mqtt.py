@@ -102,7 +102,10 @@ class MqttUplink:
                     self._client = client
                     self.connected = True
                     self.connects += 1
-                    await client.publish_acked(self.status_topic, json.dumps(self._birth).encode(), retain=True)
+                    reason = await client.publish_acked(self.status_topic, json.dumps(self._birth).encode(),
+                                                        retain=True)
+                    if reason is not None and reason.is_failure:
+                        raise PublishRefused(f"broker refused the birth message on {self.status_topic}: {reason}")
                     log.info("uplink connected to %s as %s (MQTT %s)", self._target, self.client_id, self.cfg.protocol)
                     self._backoff.reset()
                     await self._session(client)
@@ -114,6 +117,8 @@ class MqttUplink:
                     what = "cannot connect to"
                     self.connect_failures += 1
                 detail = str(exc) or type(exc).__name__
+                if isinstance(exc, OSError) and exc.filename:  # a missing ca_file, cert_file or key_file
+                    detail = f"{exc.strerror}: {exc.filename}"
                 if isinstance(exc, PublishRefused):
                     what = "refused by"
                 log.warning("uplink %s %s (%s); data stays in the spool; retrying in %.1fs",
