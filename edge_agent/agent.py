@@ -22,6 +22,8 @@ from edge_agent.batcher import Batcher
 from edge_agent.config.loader import Config
 from edge_agent.config.models import DeviceBase
 from edge_agent.filters.engine import DeviceFilters, warm_up
+from edge_agent.filters.snapshot import restore_snapshots, save_snapshot
+from edge_agent.filters.stage import DeviceStage
 from edge_agent.frame.builder import build_frames
 from edge_agent.frame.model import Block, Frame
 from edge_agent.metrics import serve as serve_metrics
@@ -34,6 +36,7 @@ from edge_agent.uplink.mqtt import MqttUplink
 log = logging.getLogger("edge_agent")
 
 SHUTDOWN_GRACE_S = 3.0
+FILTER_SNAPSHOT_S = 300.0  # how much learning a crash (not a clean stop) can cost at most
 
 
 @dataclass
@@ -69,6 +72,10 @@ class Agent:
         self.spool = AsyncSpool(cfg.agent.state_dir / "spool.db", limits, cfg.agent.id, self.boot.hex())
         registry = plugins()
         self.filters = {d.name: DeviceFilters(d, cfg.filters) for d in cfg.devices}
+        restore_snapshots(cfg.agent.state_dir, self.filters)
+        self._stages: dict[str, DeviceStage] = {}
+        self._event_tasks: set[asyncio.Task[None]] = set()
+        self._snapshot_due = time.monotonic() + FILTER_SNAPSHOT_S
         self.batcher = Batcher(
             [_batcher_entry(d) for d in cfg.devices], cfg.batch.max_points, cfg.batch.max_interval,
             self._on_batch_closed,
@@ -88,9 +95,44 @@ class Agent:
                           config_digest=cfg.digest[:16])
 
     def _on_poll(self, batch: Batch) -> None:
-        self.filters[batch.device].process(batch)
+        batches, blocks, events = self._stage(batch.device).run(batch)
         self.counters.points_in += batch.points
-        self.batcher.add(batch)
+        for part in batches:
+            self.batcher.add(part)
+        if blocks:
+            self.batcher.add_blocks(blocks)
+        if events:
+            # Published at once through the spool (durable across an outage), not held for the batch.
+            task = asyncio.get_running_loop().create_task(self._store_events(events))
+            self._event_tasks.add(task)
+            task.add_done_callback(self._event_tasks.discard)
+        if time.monotonic() >= self._snapshot_due:
+            self._snapshot_due = time.monotonic() + FILTER_SNAPSHOT_S
+            asyncio.get_running_loop().run_in_executor(None, self._save_filter_state, self._filter_snapshots())
+
+    def _stage(self, device: str) -> DeviceStage:
+        """The device's filters + events + adaptive reporting; rebuilt when a reload replaced its filters."""
+        stage = self._stages.get(device)
+        if stage is None or stage.engine is not self.filters[device]:
+            dev = self.cfg.device(device)
+            stage = DeviceStage(self.filters[device], dev, self.cfg.reporting, _batcher_entry(dev)[2])
+            self._stages[device] = stage
+        return stage
+
+    async def _store_events(self, events: list[dict[str, object]]) -> None:
+        for event in events:
+            await self.spool.add_event(event)
+
+    def _filter_snapshots(self) -> dict[str, dict]:
+        return {name: f.snapshot() for name, f in self.filters.items() if f.active}
+
+    def _save_filter_state(self, snapshots: dict[str, dict]) -> None:
+        for name, arrays in snapshots.items():
+            try:
+                save_snapshot(self.cfg.agent.state_dir, name, arrays)
+            except OSError as exc:
+                log.warning("%s: cannot save the filter state (%s); it will be re-learned after a restart",
+                            name, exc.strerror or exc)
 
     def _on_batch_closed(self, blocks: list[Block]) -> None:
         self._closed.put_nowait(blocks)
@@ -193,6 +235,24 @@ class Agent:
             self._uplink_restart.clear()
             self.uplink = self._make_uplink(self.cfg)
 
+    async def quiesce(self, timeout_s: float) -> bool:
+        """Stop polling, spool the open batch and wait until the broker acknowledged everything.
+
+        For a clean hand-over (the demo's end, a planned maintenance): returns False when frames
+        still wait after `timeout_s`; they stay in the spool either way.
+        """
+        for task in self._driver_tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._driver_tasks.values(), return_exceptions=True)
+        self.batcher.close()
+        await self._closed.join()
+        deadline = time.monotonic() + timeout_s
+        while (await self.spool.depth()).frames and time.monotonic() < deadline:
+            self.spool.room.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.spool.room.wait(), max(0.01, deadline - time.monotonic()))
+        return (await self.spool.depth()).frames == 0
+
     def status_line(self) -> str:
         """One line for systemctl status: devices up, rate, spool depth."""
         up = sum(1 for d in self.drivers.values() if d.stats.connected)
@@ -272,6 +332,8 @@ class Agent:
         for t in drivers:
             t.cancel()
         await asyncio.gather(*drivers, return_exceptions=True)
+        for stage in self._stages.values():  # rows adaptive reporting still held, and open aggregates
+            self.batcher.add_blocks(stage.flush())
         self.batcher.close()  # the open batch goes to the spool like any other
         try:
             await asyncio.wait_for(self._closed.join(), SHUTDOWN_GRACE_S)
@@ -288,6 +350,8 @@ class Agent:
             await asyncio.wait_for(self.uplink.flush_acks(), 1.0)
         except Exception as exc:  # acked frames left behind are sent again: duplicates, never loss
             log.warning("shutdown: could not record the last acknowledgements (%s)", exc)
+        await asyncio.gather(*self._event_tasks, return_exceptions=True)
+        await asyncio.to_thread(self._save_filter_state, self._filter_snapshots())
         depth = await self.spool.depth()
         await self.spool.close()
         skipped = sum(d.stats.skipped_ticks for d in self.drivers.values())

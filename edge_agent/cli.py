@@ -37,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     p_tail.add_argument("--dedupe", action="store_true",
                         help="skip frames already seen, by (agent, seq): redelivered frames after an outage")
 
+    p_demo = sub.add_parser("demo", help="the whole system in one command: simulators, broker, agent, live view")
+    p_demo.add_argument("--duration", type=float, default=60.0, help="seconds to run (default 60)")
+    p_demo.add_argument("--broker", help="use this broker (mqtt://HOST:PORT) instead of the embedded one")
+    p_demo.add_argument("--plain", action="store_true", help="plain text lines even on a terminal")
+
     p_status = sub.add_parser("status", help="devices, uplink and spool of the running agent, from its metrics")
     p_status.add_argument("--url", default="http://127.0.0.1:9108/metrics")
 
@@ -61,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(run_bench(args.tags, args.polls).report())
         return 0
+    if args.command == "demo":
+        return demo(args.duration, args.broker, True if args.plain else None)
     if args.command == "status":
         return status(args.url)
     if args.command == "tail":
@@ -133,6 +140,20 @@ def run(cfg: Config) -> int:
 
     asyncio.run(_main())
     return 0
+
+
+def demo(duration: float, broker: str | None, plain: bool | None) -> int:
+    if duration < 2 * 8:
+        print("edge-agent demo: --duration must be at least 16 s (the outage alone takes 5 s)", file=sys.stderr)
+        return 2
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edge-agent" / "numba"
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(cache))  # compiled once per machine, not once per demo
+    from edge_agent.demo.run import run_demo
+
+    try:
+        return asyncio.run(run_demo(duration, broker, plain))
+    except KeyboardInterrupt:
+        return 130
 
 
 async def _reload(path: Path, reloads: asyncio.Queue[Config]) -> None:
