@@ -26,6 +26,7 @@ class Batcher:
         self._meta = {name: (tags, types) for name, tags, types in devices}
         # Batches concatenate only with batches of the same tag columns; key: (device, columns).
         self._pending: dict[tuple[str, tuple[int, ...] | None], list[Batch]] = {}
+        self._blocks: dict[tuple[str, tuple[str, ...]], list[Block]] = {}  # add_blocks, by (device, tags)
         self._points = 0
         self.max_points = max_points
         self.max_interval_s = max_interval_ns / 1e9
@@ -52,6 +53,23 @@ class Batcher:
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.max_interval_s, self.close)
 
+    def add_blocks(self, blocks: list[Block]) -> None:
+        """Reduced output of adaptive reporting (edge_agent/filters/reporting.py), ready-made blocks.
+
+        Blocks with the same device and tags are merged at close (one per reported tag or aggregate
+        set per batch, not one per sample), so a deadband report costs its sample, not a block header.
+        """
+        for block in blocks:
+            if not block.points:
+                continue
+            self._blocks.setdefault((block.device, block.tags), []).append(block)
+            self._points += block.points
+            self.points_in += block.points
+        if self._points >= self.max_points:
+            self.close()
+        elif self._points and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.max_interval_s, self.close)
+
     def reconfigure(
         self, devices: Sequence[tuple[str, tuple[str, ...], tuple[str, ...]]], max_points: int, max_interval_ns: int
     ) -> None:
@@ -74,7 +92,9 @@ class Batcher:
             if columns is not None:
                 tags, types = tuple(tags[j] for j in columns), tuple(types[j] for j in columns)
             blocks += split_by_timestamps(device, tags, types, _concat(parts))
+        blocks += [_merge_blocks(parts) for parts in self._blocks.values()]
         self._pending.clear()
+        self._blocks.clear()
         self._points = 0
         self.batches_closed += 1
         self.on_close(blocks)
@@ -90,7 +110,38 @@ def _concat(parts: list[Batch]) -> Batch:
         quality=np.concatenate([p.quality for p in parts]),
         flags=np.concatenate([p.flags for p in parts]),
         columns=parts[0].columns,
+        scores=_concat_scores(parts),
     )
+
+
+def _merge_blocks(parts: list[Block]) -> Block:
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    kinds = sorted({kind for p in parts for kind in p.scores})
+
+    def column(p: Block, kind: str) -> np.ndarray:
+        got = p.scores.get(kind)
+        return got if got is not None else np.full(p.values.shape, np.nan, dtype=np.float32)
+
+    return Block(
+        first.device, first.tags, first.types, np.concatenate([p.ts for p in parts]),
+        np.concatenate([p.values for p in parts]), np.concatenate([p.quality for p in parts]),
+        np.concatenate([p.flags for p in parts]),
+        {kind: np.concatenate([column(p, kind) for p in parts]) for kind in kinds},
+    )
+
+
+def _concat_scores(parts: list[Batch]) -> dict[str, np.ndarray] | None:
+    kinds = sorted({kind for p in parts for kind in (p.scores or {})})
+    if not kinds:
+        return None
+
+    def column(p: Batch, kind: str) -> np.ndarray:
+        got = (p.scores or {}).get(kind)
+        return got if got is not None else np.full(p.values.shape, np.nan, dtype=np.float32)
+
+    return {kind: np.concatenate([column(p, kind) for p in parts]) for kind in kinds}
 
 
 def split_by_timestamps(
@@ -113,6 +164,7 @@ def split_by_timestamps(
             values=np.ascontiguousarray(batch.values[:, cols]),
             quality=np.ascontiguousarray(batch.quality[:, cols]),
             flags=np.ascontiguousarray(batch.flags[:, cols]),
+            scores={kind: np.ascontiguousarray(a[:, cols]) for kind, a in (batch.scores or {}).items()},
         )
         for cols in groups
     ]

@@ -45,9 +45,21 @@ def main(argv: list[str] | None = None) -> int:
     p_status = sub.add_parser("status", help="devices, uplink and spool of the running agent, from its metrics")
     p_status.add_argument("--url", default="http://127.0.0.1:9108/metrics")
 
-    p_bench = sub.add_parser("bench", help="measure CPU and bytes per point of the pipeline against JSON")
-    p_bench.add_argument("--tags", type=int, default=1000)
-    p_bench.add_argument("--polls", type=int, default=500)
+    p_bench = sub.add_parser("bench", help="measure the pipeline against JSON, or the filter kernels against NumPy")
+    p_bench.add_argument("what", nargs="?", choices=("pipeline", "filters"), default="pipeline",
+                         help="pipeline (default): CPU and bytes per point; filters: samples/s per kernel")
+    p_bench.add_argument("--tags", type=int, default=1000, help="pipeline only")
+    p_bench.add_argument("--polls", type=int, default=500, help="pipeline only")
+    p_bench.add_argument("--json", action="store_true", help="filters: one JSON document instead of a table")
+
+    p_replay = sub.add_parser("replay", help="run the configured filters over a historian CSV export")
+    p_replay.add_argument("-c", "--config", required=True, type=Path)
+    p_replay.add_argument("--csv", required=True, type=Path, help="input: time column, then device/tag columns")
+    p_replay.add_argument("--out", required=True, type=Path, help="output CSV: values with flags and scores")
+    p_replay.add_argument("--events", type=Path, help="also write the events the agent would raise (JSON lines)")
+    p_replay.add_argument("--save-baselines", type=Path, metavar="DIR",
+                          help="write trained multivariate models to DIR (for `baseline = ...` in the config)")
+    p_replay.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
 
     p_cert = sub.add_parser("opcua-cert", help="create this gateway's OPC UA application-instance certificate")
     p_cert.add_argument("--dir", required=True, type=Path, help="PKI directory: writes own/cert.der, own/key.pem")
@@ -61,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         from drivers.opcua.certcli import run_opcua_cert  # late: only this command needs cryptography
 
         return run_opcua_cert(args.dir, args.uri, args.hostname, args.days, args.force)
+    if args.command == "bench" and args.what == "filters":
+        from edge_agent.filters.bench import run_filter_bench
+
+        return run_filter_bench(as_json=args.json)
     if args.command == "bench":
         from edge_agent.bench import run_bench
 
@@ -83,7 +99,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         print_summary(cfg, plan=args.plan)
         return 0
+    if args.command == "replay":
+        return replay(cfg, args)
     return run(cfg)
+
+
+def replay(cfg: Config, args: argparse.Namespace) -> int:
+    from edge_agent.replay import ReplayError, run_replay
+
+    try:
+        summary = run_replay(cfg, args.csv, args.out, events_out=args.events,
+                             progress=False if args.no_progress else None, save_baselines=args.save_baselines)
+    except ReplayError as exc:
+        print(exc, file=sys.stderr)
+        return exc.code
+    except ValueError as exc:  # e.g. a multivariate baseline file that does not fit
+        print(f"{cfg.path}: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    fired = ", ".join(f"{kind} {n}" for kind, n in sorted(summary.flagged.items())) or "none"
+    print(f"{args.out}: {summary.rows} rows, {summary.points} samples; flagged samples by filter: {fired}; "
+          f"{summary.events} events ({summary.events_held_back} held back by rate limiting)", file=sys.stderr)
+    return 0
 
 
 def print_summary(cfg: Config, plan: bool = False) -> None:

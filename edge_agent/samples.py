@@ -53,6 +53,8 @@ class Batch:
     quality: np.ndarray  # uint8 (n, k)
     flags: np.ndarray  # uint32 (n, k)
     columns: np.ndarray | None = None  # intp (k,): device tag indices; None = all tags in order
+    # Scores of the scoring filters, per filter kind: float32 (n, k), NaN where the kind did not score.
+    scores: dict[str, np.ndarray] | None = None
 
     @property
     def rows(self) -> int:

@@ -120,7 +120,7 @@ def test_every_problem_is_reported_at_once(tmp_path, capsys):
         MINIMAL.replace('id = "line1"', 'id = "line 1"')
         .replace('type = "float64"', 'type = "double"')
         .replace('poll_interval = "100ms"', 'poll_interval = 100')
-        .replace('hi = 90.0', 'hi = 90.0\nhihi = 95.0')
+        .replace('hi = 90.0', 'hi = 90.0\nhi_high = 95.0')
     )
     rc, lines, _ = check(tmp_path, text, capsys)
     assert rc == EX_CONFIG
@@ -129,7 +129,7 @@ def test_every_problem_is_reported_at_once(tmp_path, capsys):
     assert "plant.toml: agent.id: 'line 1' is not a valid name" in joined
     assert "plant.toml: devices[1].tags[3].type: 'double' is not one of" in joined
     assert 'plant.toml: devices[1].poll_interval: expected a duration string such as "500ms"' in joined
-    assert "plant.toml: filters.hot.hihi: unknown key" in joined
+    assert "plant.toml: filters.hot.hi_high: unknown key" in joined
 
 
 def test_missing_file_is_one_line(tmp_path, capsys):
@@ -159,8 +159,8 @@ def test_toml_syntax_error_gives_line_and_column(tmp_path, capsys):
          "plant.toml: devices[1].tags[3]: float64 at ir:65533 needs registers 65533..65536, past the last address"),
         ('address = "ir:0"', 'address = "ir:70000"',
          "plant.toml: devices[1].tags[0].address: 'ir:70000': address out of range 0..65535"),
-        ('address = "ir:0"', 'address = "40001"',
-         "plant.toml: devices[1].tags[0].address: '40001' is not an address"),
+        ('address = "ir:0"', 'address = "40000"',
+         "plant.toml: devices[1].tags[0].address: '40000' is not an address: Modicon numbers count from 1"),
         ('address = "coil:0"', 'address = "hr:9"',
          "plant.toml: devices[1].tags[2]: hr holds 16-bit registers"),
         ('filters = ["hot"]', 'filters = ["hott"]',
@@ -180,7 +180,7 @@ def test_toml_syntax_error_gives_line_and_column(tmp_path, capsys):
         ('unit = 2', 'unit = "2"', "plant.toml: devices[1].unit: Input should be a valid integer (got '2')"),
         ('hi = 90.0', 'hi = nan', "plant.toml: filters.hot.hi: Input should be a finite number (got nan)"),
         ('hi = 90.0', 'hi = "90"', "plant.toml: filters.hot.hi: Input should be a valid number (got '90')"),
-        ('hi = 90.0', 'hi = 90.0\nhii = 1', "plant.toml: filters.hot.hii: unknown key (did you mean 'hi'?)"),
+        ('hi = 90.0', 'hi = 90.0\nhii = 1', "plant.toml: filters.hot.hii: unknown key (did you mean 'hihi'?)"),
         ('filters = ["hot"]', 'filters = ["hot", "hot"]',
          "plant.toml: devices[0].tags[0].filters[1]: 'hot' is listed twice"),
         ('[[devices]]', '[filters.cold]\nkind = "limits"\nlo = 95.0\n\n[[devices]]', None),
@@ -225,7 +225,7 @@ def test_run_with_invalid_config_exits_78_without_traceback(tmp_path):
     assert proc.returncode == EX_CONFIG
     assert proc.stderr.strip().splitlines() == [
         "plant.toml: devices[1].tags[3].type: 'flot32' is not one of 'bool', 'int16', 'uint16', 'int32', "
-        "'uint32', 'int64', 'uint64', 'float32' or 'float64'"
+        "'uint32', 'int64', 'uint64', 'float32', 'float64' or 'string'"
     ]
     assert proc.stdout == ""
 

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from edge_agent.config.units import MillisDuration, PositiveDuration, Seconds, Size
+from edge_agent.config.units import Duration, MillisDuration, PositiveDuration, Seconds, Size
 from edge_agent.config.urls import check_endpoint
 
 # Names end up in MQTT topics and in frame keys: no wildcards, no separators, nothing invisible.
@@ -136,12 +136,30 @@ class BatchSection(Section):
 
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+Positive = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
 
 
-class LimitsFilter(Section):
+class FilterBase(Section):
+    """What every filter kind has: whether it raises events, and how often per tag at most."""
+
+    # An alarm that stays on raises one event when it starts; a flapping one at most one per interval
+    # per tag (the next event says how many were held back), so a stuck alarm cannot flood the uplink.
+    events: bool = True
+    event_interval: PositiveDuration = Field(default="1m", validate_default=True)
+
+
+class ScoringFilterBase(FilterBase):
+    # Scores cost about 2 bytes per sample in the frame; turn them off where bandwidth matters more.
+    send_scores: bool = True
+
+
+class LimitsFilter(FilterBase):
     kind: Literal["limits"]
     lo: Finite | None = None
     hi: Finite | None = None
+    lolo: Finite | None = None
+    hihi: Finite | None = None
 
     @model_validator(mode="after")
     def _bounds(self) -> LimitsFilter:
@@ -149,13 +167,115 @@ class LimitsFilter(Section):
             raise ValueError("a limits filter needs lo, hi or both")
         if self.lo is not None and self.hi is not None and not self.lo < self.hi:
             raise ValueError(f"lo ({self.lo}) must be below hi ({self.hi})")
+        if self.lolo is not None and (self.lo is None or not self.lolo < self.lo):
+            raise ValueError(f"lolo ({self.lolo}) needs a lo above it" if self.lo is None
+                             else f"lolo ({self.lolo}) must be below lo ({self.lo})")
+        if self.hihi is not None and (self.hi is None or not self.hihi > self.hi):
+            raise ValueError(f"hihi ({self.hihi}) needs a hi below it" if self.hi is None
+                             else f"hihi ({self.hihi}) must be above hi ({self.hi})")
         return self
 
 
-# Every filter kind's model; FilterSpec becomes their discriminated union as kinds are added.
-FILTER_MODELS: tuple[type[Section], ...] = (LimitsFilter,)
+class RateOfChangeFilter(ScoringFilterBase):
+    kind: Literal["rate_of_change"]
+    max_rate: Positive  # engineering units per second, either direction
+
+
+class EwmaZscoreFilter(ScoringFilterBase):
+    kind: Literal["ewma_zscore"]
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    threshold: Positive = 4.0
+    warmup: Annotated[int, Field(ge=2, le=1_000_000)] = 50
+    min_sigma: NonNegative = 0.0
+
+
+class HampelFilter(ScoringFilterBase):
+    kind: Literal["hampel"]
+    window: Annotated[int, Field(ge=3, le=1024)] = 31
+    n_sigmas: Positive = 3.5
+    min_sigma: NonNegative = 0.0
+
+
+class FlatlineFilter(FilterBase):
+    kind: Literal["flatline"]
+    tolerance: NonNegative = 0.0
+    samples: Annotated[int, Field(ge=2)] | None = None
+    duration: PositiveDuration | None = None
+
+    @model_validator(mode="after")
+    def _length(self) -> FlatlineFilter:
+        if self.samples is None and self.duration is None:
+            raise ValueError("a flatline filter needs samples, duration or both (how long is stuck)")
+        return self
+
+
+class CusumFilter(ScoringFilterBase):
+    kind: Literal["cusum"]
+    k: NonNegative = 0.5
+    h: Positive = 5.0
+    warmup: Annotated[int, Field(ge=2, le=1_000_000)] = 100
+    min_sigma: NonNegative = 0.0
+
+
+class DeadbandFilter(FilterBase):
+    kind: Literal["deadband"]
+    events: bool = False  # a report is not an alarm
+    absolute: NonNegative | None = None
+    percent: Positive | None = None
+    max_silence: PositiveDuration | None = Field(default="10m", validate_default=True)
+
+    @model_validator(mode="after")
+    def _band(self) -> DeadbandFilter:
+        if self.absolute is None and self.percent is None:
+            raise ValueError("a deadband filter needs absolute, percent or both")
+        if self.events:
+            raise ValueError("a deadband filter raises no events (a report is not an alarm)")
+        return self
+
+
+class MultivariateFilter(ScoringFilterBase):
+    kind: Literal["multivariate"]
+    training: Annotated[int, Field(ge=10, le=1_000_000)] = 1000
+    components: Annotated[int, Field(ge=1)] | None = None
+    variance: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
+    confidence: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.999
+    baseline: Annotated[Path, Field(strict=False)] | None = None
+
+    @model_validator(mode="after")
+    def _model(self) -> MultivariateFilter:
+        if self.components is not None and "variance" in self.model_fields_set:
+            raise ValueError("give components or variance, not both")
+        return self
+
+
+# Every filter kind's model; FilterSpec is their discriminated union.
+FILTER_MODELS: tuple[type[Section], ...] = (
+    LimitsFilter, RateOfChangeFilter, EwmaZscoreFilter, HampelFilter, FlatlineFilter, CusumFilter,
+    DeadbandFilter, MultivariateFilter,
+)
 FILTER_KINDS = frozenset(k for m in FILTER_MODELS for k in get_args(m.model_fields["kind"].annotation))
-FilterSpec = Annotated[LimitsFilter, Field(discriminator="kind")]
+FilterSpec = Annotated[
+    LimitsFilter | RateOfChangeFilter | EwmaZscoreFilter | HampelFilter | FlatlineFilter | CusumFilter
+    | DeadbandFilter | MultivariateFilter,
+    Field(discriminator="kind"),
+]
+
+
+class ReportingSpec(Section):
+    """Adaptive reporting of a group of tags: reduced while normal, full rate around an anomaly."""
+
+    mode: Literal["deadband", "aggregate"]
+    interval: PositiveDuration | None = None
+    pre_trigger: Duration = Field(default="10s", validate_default=True)
+    post_trigger: Duration = Field(default="30s", validate_default=True)
+
+    @model_validator(mode="after")
+    def _interval(self) -> ReportingSpec:
+        if self.mode == "aggregate" and self.interval is None:
+            raise ValueError("mode \"aggregate\" needs an interval, e.g. interval = \"1m\"")
+        if self.mode == "deadband" and self.interval is not None:
+            raise ValueError("interval is for mode \"aggregate\" (mode \"deadband\" follows the tags' deadband filter)")
+        return self
 
 
 class TagBase(Section):
@@ -163,6 +283,7 @@ class TagBase(Section):
 
     name: Name
     filters: list[str] = []
+    reporting: str | None = None  # a [reporting.NAME] policy; its tags of one device form a group
 
 
 class DeviceBase(Section):
@@ -206,4 +327,5 @@ class RawConfig(Section):
     batch: BatchSection = BatchSection()
     metrics: MetricsSection = MetricsSection()
     filters: dict[Name, FilterSpec] = {}
+    reporting: dict[Name, ReportingSpec] = {}
     devices: list[dict[str, object]] = Field(min_length=1)

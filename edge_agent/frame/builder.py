@@ -60,8 +60,10 @@ def _split(blocks: list[Block]) -> list[list[Block]] | None:
 
 
 def _rows(b: Block, s: slice) -> Block:
-    return Block(b.device, b.tags, b.types, b.ts[s], b.values[s], b.quality[s], b.flags[s])
+    return Block(b.device, b.tags, b.types, b.ts[s], b.values[s], b.quality[s], b.flags[s],
+                 {kind: a[s] for kind, a in b.scores.items()})
 
 
 def _cols(b: Block, s: slice) -> Block:
-    return Block(b.device, b.tags[s], b.types[s], b.ts, b.values[:, s], b.quality[:, s], b.flags[:, s])
+    return Block(b.device, b.tags[s], b.types[s], b.ts, b.values[:, s], b.quality[:, s], b.flags[:, s],
+                 {kind: a[:, s] for kind, a in b.scores.items()})

@@ -154,7 +154,48 @@ def _encode_block(index: int, block: Block) -> list:
         [tags[j], types[j], value_cols[j][0], value_cols[j][1], quality_cols[j], flag_cols[j]]
         for j in range(k)
     ]
+    for kind in sorted(block.scores or {}):
+        if not isinstance(kind, str):
+            raise ValueError(f"{where}: score kinds must be str")
+        col = _as(f"{where} scores {kind!r}", block.scores[kind], np.float64, (n, k))
+        for j, entry in enumerate(_encode_scores(kind, col)):
+            if entry is not None:
+                if len(tag_docs[j]) == 6:
+                    tag_docs[j].append([])
+                tag_docs[j][6].append(entry)
     return [block.device, _encode_ts(ts), tag_docs]
+
+
+_F2_MAX = float(np.finfo(np.float16).max)
+_SCORE_CODES = {"f2": np.dtype("<f2"), "f4": np.dtype("<f4")}
+
+
+def _encode_scores(kind: str, scores: np.ndarray) -> list[list | None]:
+    """Per tag: None when the filter did not score it in this frame (all NaN), else [kind, enc, payload].
+
+    Scores are judgements, not measurements: three significant digits (float16, 2 bytes per sample)
+    say how far past its threshold a sample was, at half the cost of float32. A column with a score
+    beyond float16's range goes as float32; a constant column as one float64.
+    """
+    n, k = scores.shape
+    out: list[list | None] = []
+    nan = np.isnan(scores)
+    all_nan = nan.all(axis=0) if n else np.ones(k, dtype=bool)
+    for j in range(k):
+        if all_nan[j]:
+            out.append(None)
+            continue
+        col = scores[:, j]
+        finite = col[np.isfinite(col)]  # ±inf exists in float16 too
+        code = "f2" if np.abs(finite).max(initial=0.0) <= _F2_MAX else "f4"
+        # Round first, then look for a constant: so that re-encoding a decoded frame gives the same bytes.
+        rounded = col.astype(_SCORE_CODES[code])
+        bits = rounded.view(np.uint16 if code == "f2" else np.uint32)
+        if (bits == bits[0]).all() and _bin_size(rounded.nbytes) > _K_SIZE:
+            out.append([kind, "k", float(rounded[0])])
+        else:
+            out.append([kind, code, rounded.tobytes()])
+    return out
 
 
 def _encode_ts(ts: np.ndarray) -> list:
@@ -415,6 +456,7 @@ def _decode_block(index: int, doc: object, budget: list[int]) -> Block:
     values = np.empty((n, k), dtype=np.float64)
     quality = np.empty((n, k), dtype=np.uint8)
     flags = np.empty((n, k), dtype=np.uint32)
+    scores: dict[str, np.ndarray] = {}
     names: list[str] = []
     types: list[str] = []
     for j, tag_doc in enumerate(tag_docs):
@@ -426,10 +468,38 @@ def _decode_block(index: int, doc: object, budget: list[int]) -> Block:
         values[:, j] = _decode_values(tw, n, tag[2], tag[3])
         quality[:, j] = _decode_uniform_or_bin(f"{tw} quality", n, tag[4], np.dtype("<u1"))
         flags[:, j] = _decode_flags(tw, names[j], n, tag[5])
+        # Element 6 is the scores list when it is an array; anything else is an unknown extension.
+        if len(tag) > 6 and isinstance(tag[6], list):
+            for kind, column in _decode_scores(tw, n, tag[6]):
+                if kind not in scores:
+                    scores[kind] = np.full((n, k), np.nan, dtype=np.float32)
+                scores[kind][:, j] = column
     return Block(
         device=device, tags=tuple(names), types=tuple(types),
-        ts=ts, values=values, quality=quality, flags=flags,
+        ts=ts, values=values, quality=quality, flags=flags, scores=scores,
     )
+
+
+def _decode_scores(where: str, n: int, doc: list) -> list[tuple[str, np.ndarray]]:
+    out = []
+    for m, entry in enumerate(doc):
+        ew = f"{where} score {m}"
+        entry = _array(ew, entry, 3)
+        kind = _str(f"{ew} kind", entry[0])
+        code = _str(f"{ew} enc", entry[1])
+        if code == "k":
+            if type(entry[2]) is not float:
+                raise FrameError(f"{ew}: 'k' scores must be a msgpack float, got {_kind(entry[2])}")
+            out.append((kind, np.full(n, entry[2], dtype=np.float32)))
+            continue
+        dtype = _SCORE_CODES.get(code)
+        if dtype is None:
+            raise FrameError(f"{ew}: unknown score encoding {_short(code)}")
+        raw = _bin(f"{ew} scores", entry[2])
+        if len(raw) != n * dtype.itemsize:
+            raise FrameError(f"{ew}: scores are {len(raw)} bytes, n={n} with {code} needs {n * dtype.itemsize}")
+        out.append((kind, np.frombuffer(raw, dtype=dtype).astype(np.float32)))
+    return out
 
 
 def _decode_ts(where: str, doc: object) -> np.ndarray:

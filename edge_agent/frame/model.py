@@ -20,7 +20,8 @@ class Block:
     """Samples of some tags of one device that share one timestamp column.
 
     n rows by k tags: ts (n,) int64 unix ns, values (n, k) float64, quality (n, k) uint8,
-    flags (n, k) uint32. tags and types have k entries.
+    flags (n, k) uint32. tags and types have k entries. scores maps a scoring filter kind to its
+    (n, k) float32 column (NaN where the filter did not score); empty when no filter scores.
     """
 
     device: str
@@ -30,6 +31,7 @@ class Block:
     values: np.ndarray
     quality: np.ndarray
     flags: np.ndarray
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def points(self) -> int:

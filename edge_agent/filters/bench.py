@@ -1,0 +1,293 @@
+"""`edge-agent bench filters`: samples/s of every kernel beside a NumPy implementation timed in the same
+run, and as a share of the machine's memory-bandwidth bound (a streaming read of a large array).
+
+Absolute figures do not travel between machines; the ratios (numba / NumPy, kernel / bandwidth) do.
+Two shapes: 10,000 tags x 10 rows (a big plant, one poll per second, one batch per 10 s) and 100 tags x
+1,000 rows (a fast line). Also the start-up cost: compiling every kernel into an empty NUMBA_CACHE_DIR
+and loading them from it, each in a fresh process, as the agent's first and later starts do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+from edge_agent.config.models import (
+    CusumFilter,
+    DeadbandFilter,
+    DeviceBase,
+    EwmaZscoreFilter,
+    FlatlineFilter,
+    HampelFilter,
+    LimitsFilter,
+    MultivariateFilter,
+    RateOfChangeFilter,
+    TagBase,
+)
+from edge_agent.filters.engine import DeviceFilters, warm_up
+from edge_agent.filters.kernels.hampel import MAD_TO_SIGMA
+from edge_agent.samples import Batch
+
+SHAPES = ((10, 10_000), (1_000, 100))  # (rows, tags)
+SPECS: dict[str, Any] = {
+    "limits": LimitsFilter(kind="limits", lo=-3.0, hi=3.0, lolo=-4.0, hihi=4.0),
+    "rate_of_change": RateOfChangeFilter(kind="rate_of_change", max_rate=5.0),
+    "ewma_zscore": EwmaZscoreFilter(kind="ewma_zscore", alpha=0.05, threshold=4.0, warmup=2),
+    "cusum": CusumFilter(kind="cusum", warmup=2),
+    "deadband": DeadbandFilter(kind="deadband", absolute=0.5, max_silence="1m"),
+    "flatline": FlatlineFilter(kind="flatline", samples=30),
+    "hampel": HampelFilter(kind="hampel", window=32, n_sigmas=3.5),
+    "multivariate": MultivariateFilter(kind="multivariate", training=200, components=4),
+}
+MULTIVARIATE_TAGS = 16  # a vector is one machine's tags, not a whole plant's
+
+
+def _batch(rows: int, tags: int, rng: np.random.Generator, t0: int = 0) -> Batch:
+    b = Batch.empty("bench", rows, tags)
+    b.values[:] = rng.normal(size=(rows, tags))
+    b.quality[:] = 0
+    b.ts[:] = t0 + np.arange(rows)[:, None] * 1_000_000_000
+    return b
+
+
+def _best(fn: Callable[[], object], budget_s: float = 0.25) -> float:
+    """Best seconds per call over several timed runs (the least disturbed one)."""
+    fn()
+    best = float("inf")
+    deadline = time.perf_counter() + budget_s
+    while True:
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+        if time.perf_counter() > deadline:
+            return best
+
+
+@njit(cache=True, nogil=True)
+def _stream_sum(a: np.ndarray) -> float:
+    s0 = s1 = s2 = s3 = 0.0
+    n = a.shape[0] - a.shape[0] % 4
+    for i in range(0, n, 4):
+        s0 += a[i]
+        s1 += a[i + 1]
+        s2 += a[i + 2]
+        s3 += a[i + 3]
+    return s0 + s1 + s2 + s3
+
+
+def bandwidth_bytes_per_s(size: int = 256 * 1024 * 1024) -> float:
+    """Streaming read of an array far larger than any cache: what one core can pull from memory."""
+    a = np.ones(size // 8)
+    return a.nbytes / _best(lambda: _stream_sum(a), 1.0)
+
+
+# NumPy implementations: the best plain NumPy can do, one vector operation across tags per row.
+
+
+def _np_limits(b: Batch, s: dict) -> None:
+    ok = (b.quality & 0x80) == 0
+    b.flags |= (ok & ((b.values < -3.0) | (b.values > 3.0))).astype(np.uint32)
+    b.flags |= (ok & ((b.values < -4.0) | (b.values > 4.0))).astype(np.uint32) << 8
+
+
+def _np_roc(b: Batch, s: dict) -> None:
+    for i in range(b.rows):
+        v, t = b.values[i], b.ts[i]
+        use = ((b.quality[i] & 0x80) == 0) & np.isfinite(v)
+        rate = np.abs(v - s["v"]) / ((t - s["t"]) / 1e9)
+        b.flags[i] |= (use & (rate > 5.0)).astype(np.uint32) << 1
+        s["v"] = np.where(use, v, s["v"])
+        s["t"] = np.where(use, t, s["t"])
+
+
+def _np_ewma(b: Batch, s: dict) -> None:
+    a = 0.05
+    for i in range(b.rows):
+        v = b.values[i]
+        use = ((b.quality[i] & 0x80) == 0) & np.isfinite(v)
+        d = v - s["m"]
+        z = np.abs(d) / np.sqrt(s["v"])
+        b.flags[i] |= (use & (z > 4.0)).astype(np.uint32) << 2
+        incr = a * d
+        s["m"] = np.where(use, s["m"] + incr, s["m"])
+        s["v"] = np.where(use, (1 - a) * (s["v"] + d * incr), s["v"])
+
+
+def _np_cusum(b: Batch, s: dict) -> None:
+    for i in range(b.rows):
+        v = b.values[i]
+        use = ((b.quality[i] & 0x80) == 0) & np.isfinite(v)
+        z = (v - s["m"]) / s["sd"]
+        hi = np.maximum(0.0, s["hi"] + z - 0.5)
+        lo = np.maximum(0.0, s["lo"] - z - 0.5)
+        fire = use & (np.maximum(hi, lo) > 5.0)
+        b.flags[i] |= fire.astype(np.uint32) << 5
+        s["hi"] = np.where(use & ~fire, hi, np.where(fire, 0.0, s["hi"]))
+        s["lo"] = np.where(use & ~fire, lo, np.where(fire, 0.0, s["lo"]))
+
+
+def _np_deadband(b: Batch, s: dict) -> None:
+    for i in range(b.rows):
+        v, t = b.values[i], b.ts[i]
+        use = ((b.quality[i] & 0x80) == 0) & np.isfinite(v)
+        report = use & ((np.abs(v - s["v"]) > 0.5) | (t - s["t"] >= 60_000_000_000))
+        b.flags[i] |= report.astype(np.uint32) << 9
+        s["v"] = np.where(report, v, s["v"])
+        s["t"] = np.where(report, t, s["t"])
+
+
+def _np_flatline(b: Batch, s: dict) -> None:
+    for i in range(b.rows):
+        v = b.values[i]
+        use = ((b.quality[i] & 0x80) == 0) & np.isfinite(v)
+        same = use & (np.abs(v - s["ref"]) <= 0.0)
+        s["n"] = np.where(same, s["n"] + 1, np.where(use, 1, s["n"]))
+        s["ref"] = np.where(use & ~same, v, s["ref"])
+        b.flags[i] |= (use & (s["n"] >= 30)).astype(np.uint32) << 4
+
+
+def _np_hampel(b: Batch, s: dict) -> None:
+    w = 32
+    hist = np.concatenate([s["hist"], b.values])
+    win = np.lib.stride_tricks.sliding_window_view(hist, w, axis=0)[: b.rows]  # (rows, tags, w)
+    med = np.median(win, axis=2)
+    mad = np.median(np.abs(win - med[..., None]), axis=2)
+    z = np.abs(b.values - med) / (MAD_TO_SIGMA * mad)
+    b.flags |= (z > 3.5).astype(np.uint32) << 3
+    s["hist"] = hist[-w:]
+
+
+def _np_multivariate(b: Batch, s: dict) -> None:
+    m = s["model"]
+    x = b.values.reshape(b.rows * b.values.shape[1] // MULTIVARIATE_TAGS, MULTIVARIATE_TAGS)
+    xs = (x - m["mean"]) / m["scale"]
+    t = xs @ m["loadings"]
+    t2 = (t**2 / m["eigenvalues"]).sum(axis=1)
+    r = xs - t @ m["loadings"].T
+    spe = (r**2).sum(axis=1)
+    word = (t2 > m["t2_limit"]).astype(np.uint32) << 6 | (spe > m["spe_limit"]).astype(np.uint32) << 7
+    b.flags.reshape(x.shape)[:] |= word[:, None]
+
+
+NUMPY: dict[str, Callable[[Batch, dict], None]] = {
+    "limits": _np_limits, "rate_of_change": _np_roc, "ewma_zscore": _np_ewma, "cusum": _np_cusum,
+    "deadband": _np_deadband, "flatline": _np_flatline, "hampel": _np_hampel, "multivariate": _np_multivariate,
+}
+
+
+def _np_state(kind: str, tags: int, engine: DeviceFilters) -> dict:
+    z, o = np.zeros(tags), np.ones(tags)
+    return {
+        "limits": {}, "rate_of_change": {"v": z.copy(), "t": np.zeros(tags, np.int64) - 10**9},
+        "ewma_zscore": {"m": z.copy(), "v": o.copy()}, "cusum": {"m": z.copy(), "sd": o.copy(), "hi": z.copy(),
+                                                                 "lo": z.copy()},
+        "deadband": {"v": z.copy(), "t": np.zeros(tags, np.int64)}, "flatline": {"ref": z.copy(), "n": z.copy()},
+        "hampel": {"hist": np.zeros((32, tags))},
+        "multivariate": {"model": engine.groups[0].model if engine.groups else None},
+    }[kind]
+
+
+def measure_kernel(kind: str, rows: int, tags: int, rng: np.random.Generator) -> dict[str, float]:
+    """Samples/s of the kernel (its engine call, state carried across calls) and of the NumPy version."""
+    if kind == "multivariate":
+        groups = tags // MULTIVARIATE_TAGS
+        names = [f"m{g}" for g in range(groups)]
+        specs = {n: SPECS[kind] for n in names}
+        dev = DeviceBase(name="bench", protocol="bench", tags=[
+            TagBase(name=f"t{j}", filters=[names[j // MULTIVARIATE_TAGS]]) for j in range(groups * MULTIVARIATE_TAGS)])
+        tags = groups * MULTIVARIATE_TAGS
+    else:
+        specs = {"f": SPECS[kind]}
+        dev = DeviceBase(name="bench", protocol="bench", tags=[TagBase(name=f"t{j}", filters=["f"])
+                                                               for j in range(tags)])
+    engine = DeviceFilters(dev, specs)
+    # Learn first (warm-up, training), so the timed calls are the steady state.
+    t = 0
+    while t < 300 * 1_000_000_000:
+        b = _batch(100, tags, rng, t)
+        engine.process(b)
+        t += 100 * 1_000_000_000
+    b = _batch(rows, tags, rng, t)
+    flags0 = b.flags.copy()
+
+    def kernel() -> None:
+        b.flags[:] = flags0
+        engine.process(b)
+
+    nb = _batch(rows, tags, rng, t)
+    state = _np_state(kind, tags, engine)
+
+    def numpy_version() -> None:
+        nb.flags[:] = 0
+        with np.errstate(all="ignore"):
+            NUMPY[kind](nb, state)
+
+    points = rows * tags
+    return {"numba": points / _best(kernel), "numpy": points / _best(numpy_version)}
+
+
+def startup_seconds() -> dict[str, float]:
+    """Cold (empty NUMBA_CACHE_DIR: compile everything) and cached start-up, each in a fresh process."""
+    code = ("import time; t = time.perf_counter(); from edge_agent.filters.engine import warm_up; warm_up(); "
+            "print(time.perf_counter() - t)")
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        for label in ("cold", "cached"):
+            run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+            out[label] = float(run.stdout.strip().splitlines()[-1])
+    return out
+
+
+def run_filter_bench(as_json: bool = False, kinds: tuple[str, ...] | None = None) -> int:
+    warm_up()
+    rng = np.random.default_rng(1)
+    bw = bandwidth_bytes_per_s()
+    bound = bw / 8  # one float64 value read per sample: no kernel can go faster than this
+    results: list[dict[str, Any]] = []
+    for rows, tags in SHAPES:
+        for kind in kinds or tuple(SPECS):
+            r = measure_kernel(kind, rows, tags, rng)
+            results.append({"kernel": kind, "rows": rows, "tags": tags, "numba_samples_per_s": r["numba"],
+                            "numpy_samples_per_s": r["numpy"], "speedup_vs_numpy": r["numba"] / r["numpy"],
+                            "share_of_bandwidth_bound": r["numba"] / bound})
+    start = startup_seconds()
+    doc = {"memory_bandwidth_bytes_per_s": bw, "bound_samples_per_s": bound, "results": results,
+           "startup_s": start, "cpu": _cpu()}
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"memory bandwidth (streaming read, 1 core): {bw / 1e9:.1f} GB/s = bound {bound / 1e9:.2f} G samples/s "
+          f"(8 bytes of value per sample); {doc['cpu']}")
+    print(f"{'kernel':<16}{'shape':>14}{'numba':>14}{'numpy':>14}{'x numpy':>9}{'% bound':>9}")
+    for r in results:
+        print(f"{r['kernel']:<16}{r['tags']:>7} x {r['rows']:<5}{_rate(r['numba_samples_per_s']):>14}"
+              f"{_rate(r['numpy_samples_per_s']):>14}{r['speedup_vs_numpy']:>8.1f}x"
+              f"{100 * r['share_of_bandwidth_bound']:>8.1f}%")
+    print(f"start-up, all kernels: {start['cold']:.2f} s compiling into an empty NUMBA_CACHE_DIR, "
+          f"{start['cached']:.2f} s loading from it (fresh processes, numba import included)")
+    return 0
+
+
+def _rate(x: float) -> str:
+    return f"{x / 1e9:.2f} G/s" if x >= 1e9 else f"{x / 1e6:.1f} M/s"
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("model name", "Model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"

@@ -1,0 +1,45 @@
+"""`rate_of_change`: flag a sample that moved faster than `max_rate` (units per second) since the
+previous usable sample of its tag.
+
+The rate is taken against the previous *usable* sample (good or uncertain quality, finite value), so a
+bad-comm gap or a NaN never becomes a reference; after a gap the change is spread over the whole gap,
+which is what the process really did. A timestamp that does not advance (duplicate or a clock step
+backwards) cannot give a rate: the sample is not judged but becomes the new reference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def rate_of_change_kernel(
+    ts: np.ndarray, values: np.ndarray, quality: np.ndarray, on: np.ndarray, max_rate: np.ndarray,
+    last_v: np.ndarray, last_t: np.ndarray, has_last: np.ndarray,
+    bit: np.uint32, warm_bit: np.uint32, flags: np.ndarray, scores: np.ndarray,
+) -> int:
+    """Sets `bit` where |dv/dt| > max_rate; the first usable sample of a tag is warm-up (no reference).
+
+    scores gets the rate in units per second (NaN where not judged). State: last usable value and
+    time, and whether there is one.
+    """
+    n, k = values.shape
+    fired = 0
+    for i in range(n):
+        for j in range(k):  # branch-free, so the loop over tags vectorises
+            v = values[i, j]
+            t = ts[i, j]
+            use = (on[j] != 0) & ((quality[i, j] & 0x80) == 0) & np.isfinite(v)
+            known = has_last[j] != 0
+            dt = t - last_t[j]
+            judged = use & known & (dt > 0)
+            rate = abs(v - last_v[j]) / (dt / 1e9)
+            fire = judged & (rate > max_rate[j])
+            fired += fire
+            flags[i, j] |= np.uint32(fire) * bit | np.uint32(use & ~known) * warm_bit
+            scores[i, j] = rate if judged else np.nan
+            last_v[j] = v if use else last_v[j]
+            last_t[j] = t if use else last_t[j]
+            has_last[j] = 1 if use else has_last[j]
+    return fired
