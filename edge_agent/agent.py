@@ -305,6 +305,15 @@ class Agent:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        replaced = (*plan.removed, *plan.changed, *plan.refiltered)
+        for name in replaced:  # rows adaptive reporting still holds, and open aggregates, go out first
+            stage = self._stages.pop(name, None)
+            if stage is not None:
+                self.batcher.add_blocks(stage.flush())
+        # Learned filter state survives the reload where the filter itself did not change: save it
+        # under the old config, and let the new filters take back what still fits them.
+        await asyncio.to_thread(self._save_filter_state,
+                                {n: self.filters[n].snapshot() for n in replaced if self.filters[n].active})
         self.batcher.close()
         registry = plugins()
         devices = {d.name: d for d in new.devices}
@@ -317,6 +326,7 @@ class Agent:
             self.drivers[name] = registry[dev.protocol].create(dev, self.sink)
         for name in plan.refiltered:
             self.filters[name] = DeviceFilters(devices[name], new.filters)
+        restore_snapshots(old.agent.state_dir, {n: self.filters[n] for n in (*plan.changed, *plan.refiltered)})
         self.batcher.reconfigure([_batcher_entry(d) for d in new.devices], new.batch.max_points,
                                  new.batch.max_interval)
         self.cfg = replace(new, agent=old.agent, spool=old.spool)

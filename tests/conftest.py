@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "plant.toml"
+# Agents started by tests share one compiled-kernel cache: each would otherwise compile every numba
+# kernel afresh in its own state_dir (seconds per process), which is start-up cost, not behaviour.
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"edge-agent-tests-numba-{os.getuid()}"))
 
 
 def free_port() -> int:
