@@ -233,7 +233,8 @@ class Agent:
             if inner in done:
                 inner.result()  # run() only ends by failing: let the agent see it
             self._uplink_restart.clear()
-            self.uplink = self._make_uplink(self.cfg)
+            old, self.uplink = self.uplink, self._make_uplink(self.cfg)
+            self.uplink.inherit(old)
 
     async def quiesce(self, timeout_s: float) -> bool:
         """Stop polling, spool the open batch and wait until the broker acknowledged everything.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import os
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 from edge_agent import __version__
 from edge_agent.config.loader import EX_CONFIG, Config, ConfigError, load_config
 from edge_agent.config.units import format_duration
+from edge_agent.spool import SpoolUnavailable
 
 EX_CANTCREAT = 73
 log = logging.getLogger("edge_agent")
@@ -174,7 +176,13 @@ def run(cfg: Config) -> int:
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(cfg.path, reloads)))
         await Agent(cfg).run(stop, reload=reloads)
 
-    asyncio.run(_main())
+    # A watchdog kill (SIGABRT) then leaves a stack trace of every thread in the journal: where it hung.
+    faulthandler.enable()
+    try:
+        asyncio.run(_main())
+    except SpoolUnavailable as exc:
+        print(f"{cfg.path}: {exc}", file=sys.stderr)
+        return 74  # EX_IOERR
     return 0
 
 
@@ -198,7 +206,7 @@ async def _reload(path: Path, reloads: asyncio.Queue[Config]) -> None:
         new = await asyncio.to_thread(load_config, path)
     except ConfigError as exc:
         for line in exc.problems:
-            log.error("reload rejected, keeping the running config: %s", line)
+            log.error("reload rejected, keeping the running config: %s", line, extra={"every_attempt": True})
         return
     log.info("reload: %s is valid, applying", path)
     await reloads.put(new)
@@ -231,7 +239,10 @@ def status(url: str) -> int:
     info = samples.get("edge_agent_info", [({}, 0)])[0][0]
     print(f"agent {info.get('agent', '?')}  version {info.get('version', '?')}  boot {info.get('boot', '?')[:8]}  "
           f"config {info.get('config', '?')}")
-    polls, errors = by_device("edge_agent_device_polls_total"), by_device("edge_agent_device_poll_errors_total")
+    polls = by_device("edge_agent_device_polls_total")
+    errors: dict[str, float] = {}
+    for labels, v in samples.get("edge_agent_device_errors_total", []):  # every kind, connect failures too
+        errors[labels["device"]] = errors.get(labels["device"], 0) + v
     up, skipped = by_device("edge_agent_device_connected"), by_device("edge_agent_device_skipped_ticks_total")
     print(f"{'DEVICE':<20} {'STATE':<6} {'POLLS':>10} {'ERRORS':>8} {'SKIPPED':>8}")
     for dev in sorted(polls):

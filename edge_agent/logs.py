@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+from typing import ClassVar
 
 REPEAT_WINDOW_S = 60.0
 
@@ -28,8 +29,9 @@ class RepeatFilter(logging.Filter):
         self._seen: dict[tuple[object, ...], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "every_attempt", False):
-            return True  # one line per attempt, already paced by the caller's backoff
+        if record.levelno < logging.WARNING or getattr(record, "every_attempt", False):
+            # Recoveries ("connected") must always show; attempts are already paced by a backoff.
+            return True
         first = record.args[0] if isinstance(record.args, tuple) and record.args else None
         key = (record.name, record.levelno, record.msg, str(first))
         now = time.monotonic()
@@ -46,13 +48,23 @@ class RepeatFilter(logging.Filter):
         return True
 
 
+class JournalFormatter(logging.Formatter):
+    """journald reads a `<N>` syslog priority prefix from stdout/stderr, so `journalctl -p warning` works."""
+
+    PRIORITY: ClassVar[dict[int, int]] = {
+        logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2,
+    }
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self.PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
+
+
 def setup_logging(level: str = "info") -> None:
-    if os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(levelname)s %(name)s: %(message)s"
-    else:
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(JournalFormatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -27,8 +27,11 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     kept = tuple(n for n in after if n in before and after[n] == before[n])
 
     def specs(cfg: Config, name: str) -> list[object]:
+        """What a device's filter stage is built from: its filters' and reporting policies' settings."""
         dev = next(d for d in cfg.devices if d.name == name)
-        return [cfg.filters.get(ref) for tag in dev.tags for ref in tag.filters]
+        reporting = getattr(cfg, "reporting", {}) or {}
+        return ([cfg.filters.get(ref) for tag in dev.tags for ref in tag.filters]
+                + [reporting.get(getattr(tag, "reporting", None)) for tag in dev.tags])
 
     refiltered = tuple(n for n in kept if specs(old, n) != specs(new, n))
     needs_restart = tuple(s for s in ("agent", "spool", "metrics") if getattr(old, s) != getattr(new, s))

@@ -83,11 +83,21 @@ class Appended:
 Build = Callable[[int], list[tuple[bytes, int, int]]]  # first seq -> [(data, points, created_ns)] in seq order
 
 
+class SpoolCorrupt(sqlite3.DatabaseError):
+    """The file is not a usable SQLite database: the only case where the spool is moved aside."""
+
+
+class SpoolUnavailable(Exception):
+    """The spool cannot be opened (locked, read-only, no space): fatal, never a reason to discard it."""
+
+
 class Spool:
     """Synchronous spool; use from one thread (AsyncSpool gives it one)."""
 
-    def __init__(self, path: Path, limits: Limits | None = None, agent: str = "", boot: str = ""):
+    def __init__(self, path: Path, limits: Limits | None = None, agent: str = "", boot: str = "",
+                 seq_origin: int | None = None):
         self.path = path
+        self.seq_origin = seq_origin  # tests pin it; in service a new spool starts at its creation time in ms
         self.limits = limits or Limits()
         self.drops = DropCounters()
         self._event_identity = {"agent": agent, "boot": boot}
@@ -104,7 +114,7 @@ class Spool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             return self._connect()
-        except sqlite3.DatabaseError as exc:
+        except SpoolCorrupt as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
             for suffix in ("", "-wal", "-shm"):
                 src = Path(str(self.path) + suffix)
@@ -116,23 +126,36 @@ class Spool:
             # the jump is the gap a consumer reports.
             restart = time.time_ns() // 1_000_000
             db.execute("UPDATE meta SET value=max(value, ?) WHERE key='last_seq'", (restart,))
-            log.error("spool %s is unreadable (%s): moved aside to %s; a fresh spool continues at seq %d",
+            log.error("spool %s is corrupt (%s): moved aside to %s; a fresh spool continues at seq %d",
                       self.path, exc, aside, restart + 1)
             self._reset_event = {"kind": "spool_reset", "reason": str(exc)[:200], "moved_to": str(aside),
                                  "next_seq": restart + 1}
             return db
+        except sqlite3.Error as exc:
+            # Locked, read-only, disk full, permissions: the file may be fine, so it is never moved.
+            raise SpoolUnavailable(f"spool {self.path}: {exc}") from None
 
     def _connect(self) -> sqlite3.Connection:
+        fresh = not self.path.exists()
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             ok = db.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
-                raise sqlite3.DatabaseError(f"quick_check: {ok}")
+                raise SpoolCorrupt(f"quick_check: {ok}")
             db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError:
+            if fresh and self.seq_origin is None:
+                # A new spool (first install, a replaced box keeping its agent id) must not restart
+                # seq at 1: consumers dedupe by (agent, seq) and would discard its frames. Starting
+                # from the creation time in ms keeps every seq above any an earlier spool handed out.
+                db.execute("UPDATE meta SET value=? WHERE key='last_seq' AND value=0", (time.time_ns() // 1_000_000,))
+            elif fresh:
+                db.execute("UPDATE meta SET value=? WHERE key='last_seq' AND value=0", (self.seq_origin,))
+        except sqlite3.DatabaseError as exc:
             db.close()
+            if isinstance(exc, SpoolCorrupt) or exc.sqlite_errorcode in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+                raise SpoolCorrupt(str(exc)) from None
             raise
         return db
 
@@ -313,11 +336,12 @@ class Spool:
 class AsyncSpool:
     """Runs every spool call on one dedicated thread, so SQLite and fsync never block the event loop."""
 
-    def __init__(self, path: Path, limits: Limits | None = None, agent: str = "", boot: str = ""):
+    def __init__(self, path: Path, limits: Limits | None = None, agent: str = "", boot: str = "",
+                 seq_origin: int | None = None):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
         self._spool: Spool | None = None
         self.path = path
-        self._args = (limits, agent, boot)
+        self._args = (limits, agent, boot, seq_origin)
         self.changed = asyncio.Event()  # set after every append: wakes the uplink
         self.room = asyncio.Event()  # set after every delete: wakes a writer blocked on a full spool
 

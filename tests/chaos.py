@@ -151,7 +151,7 @@ class Accounting:
         if not self.frames:
             return []
         top = max(self.frames) if upto is None else upto
-        return sorted(set(range(1, top + 1)) - set(self.frames))
+        return sorted(set(range(min(self.frames), top + 1)) - set(self.frames))
 
     def ticks(self, boot: bytes | None = None) -> dict[str, np.ndarray]:
         """Per tag, the tick values in frame (seq) order; in order means strictly increasing.

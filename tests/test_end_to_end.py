@@ -102,7 +102,7 @@ def test_example_plant_end_to_end(procs, broker, simulator, tmp_path):
         # Every frame is either at the consumer or still in the spool, and seq has no gap.
         def all_accounted() -> dict[int, Frame] | None:
             frames = frames_by_seq(consumer.received() + spooled(state))
-            return frames if frames and sorted(frames) == list(range(1, max(frames) + 1)) else None
+            return frames if frames and sorted(frames) == list(range(min(frames), max(frames) + 1)) else None
 
         frames = wait_for(all_accounted, 10, "frames 1..N at the consumer or in the spool")
         assert len({f.boot for f in frames.values()}) == 1
@@ -130,13 +130,13 @@ def test_example_plant_end_to_end(procs, broker, simulator, tmp_path):
         assert press_rate > 5, f"press polled at {press_rate:.1f}/s, configured 10/s"
 
         # A restart continues seq and replays what the spool still held.
-        last_seq, first_boot = max(frames), next(iter(frames.values())).boot
+        first_seq, last_seq, first_boot = min(frames), max(frames), next(iter(frames.values())).boot
         _, sim2_port = start_simulator(procs, tmp_path, "simulator2")
         agent2 = procs(agent_cmd(example_config(tmp_path, sim2_port, broker, "plant2.toml")), "agent2")
 
         def replayed_and_new() -> bool:
             got = frames_by_seq(consumer.received())
-            return set(range(1, last_seq + 1)) <= set(got) and any(
+            return set(range(first_seq, last_seq + 1)) <= set(got) and any(
                 f.boot != first_boot for s, f in got.items() if s > last_seq
             )
 

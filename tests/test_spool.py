@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from edge_agent.spool import Limits, Spool, SpoolDepth
+from edge_agent.spool import Limits, Spool, SpoolDepth, SpoolUnavailable
 
 T0 = time.time_ns()
 
@@ -24,7 +24,7 @@ def frame(seq: int) -> list[tuple[bytes, int, int]]:
 
 def test_seq_continues_across_reopen_and_pending_is_oldest_first(tmp_path):
     path = tmp_path / "spool.db"
-    s = Spool(path)
+    s = Spool(path, seq_origin=0)
     assert [s.append(frame).seqs for _ in range(5)] == [(1,), (2,), (3,), (4,), (5,)]
     s.delete([1, 2, 3, 4, 5])
     s.close()
@@ -40,7 +40,7 @@ def test_seq_continues_across_reopen_and_pending_is_oldest_first(tmp_path):
 
 
 def test_failed_build_commits_nothing(tmp_path):
-    s = Spool(tmp_path / "spool.db")
+    s = Spool(tmp_path / "spool.db", seq_origin=0)
 
     def broken(seq: int) -> list[tuple[bytes, int, int]]:
         raise ValueError("encoder bug")
@@ -57,7 +57,7 @@ def test_committed_frames_survive_kill_9(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         from edge_agent.spool import Spool
-        s = Spool(__import__("pathlib").Path({str(path)!r}))
+        s = Spool(__import__("pathlib").Path({str(path)!r}), seq_origin=0)
         while True:
             seqs = s.append(lambda q: [(b"x" * 1000, 100, time.time_ns())]).seqs
             print(seqs[0], flush=True)
@@ -108,7 +108,8 @@ def events(s: Spool) -> list[dict]:
 
 
 def test_drop_oldest_evicts_exactly_enough_and_announces_it(tmp_path):
-    s = Spool(tmp_path / "spool.db", Limits(max_bytes=10_000, on_full="drop_oldest"), agent="a1", boot="b1")
+    s = Spool(tmp_path / "spool.db", Limits(max_bytes=10_000, on_full="drop_oldest"), agent="a1", boot="b1",
+              seq_origin=0)
     for _ in range(10):
         s.append(sized(1000))
     assert s.depth() == SpoolDepth(10, 100, 10_000)
@@ -121,13 +122,13 @@ def test_drop_oldest_evicts_exactly_enough_and_announces_it(tmp_path):
     assert (ev["reason"], ev["policy"], ev["frames"], ev["points"], ev["first_seq"], ev["last_seq"]) == (
         "full", "drop_oldest", 3, 30, 1, 3)
     s.close()
-    reopened = Spool(tmp_path / "spool.db")
+    reopened = Spool(tmp_path / "spool.db", seq_origin=0)
     assert reopened.depth() == SpoolDepth(8, 80, 9_500) and len(events(reopened)) == 1  # the event is durable
     reopened.close()
 
 
 def test_drop_newest_refuses_new_frames_but_spends_their_seq(tmp_path):
-    s = Spool(tmp_path / "spool.db", Limits(max_bytes=3_000, on_full="drop_newest"))
+    s = Spool(tmp_path / "spool.db", Limits(max_bytes=3_000, on_full="drop_newest"), seq_origin=0)
     for _ in range(3):
         s.append(sized(1000))
     assert s.append(sized(1000)).seqs == ()
@@ -141,7 +142,7 @@ def test_drop_newest_refuses_new_frames_but_spends_their_seq(tmp_path):
 
 
 def test_block_refuses_without_dropping_anything(tmp_path):
-    s = Spool(tmp_path / "spool.db", Limits(max_bytes=3_000, on_full="block"))
+    s = Spool(tmp_path / "spool.db", Limits(max_bytes=3_000, on_full="block"), seq_origin=0)
     for _ in range(3):
         s.append(sized(1000))
     result = s.append(sized(1000))
@@ -153,7 +154,7 @@ def test_block_refuses_without_dropping_anything(tmp_path):
 
 
 def test_frames_older_than_max_age_expire_and_are_announced(tmp_path):
-    s = Spool(tmp_path / "spool.db", Limits(max_age_ns=60 * 10**9))
+    s = Spool(tmp_path / "spool.db", Limits(max_age_ns=60 * 10**9), seq_origin=0)
     old = time.time_ns() - 120 * 10**9
     s.append(lambda seq: [(b"old", 5, old), (b"old", 5, old)])
     s.append(sized(10))
@@ -164,7 +165,7 @@ def test_frames_older_than_max_age_expire_and_are_announced(tmp_path):
 
 
 def test_acknowledging_events_and_frames_together(tmp_path):
-    s = Spool(tmp_path / "spool.db", Limits(max_bytes=2_000))
+    s = Spool(tmp_path / "spool.db", Limits(max_bytes=2_000), seq_origin=0)
     for _ in range(3):
         s.append(sized(1000))
     ids = [i for i, _ in s.pending_events(0, 10)]
@@ -174,14 +175,15 @@ def test_acknowledging_events_and_frames_together(tmp_path):
 
 
 def test_block_never_waits_for_a_batch_larger_than_the_whole_spool(tmp_path):
-    s = Spool(tmp_path / "spool.db", Limits(max_bytes=3_000, on_full="block"))
+    s = Spool(tmp_path / "spool.db", Limits(max_bytes=3_000, on_full="block"), seq_origin=0)
     assert s.append(sized(5_000)).seqs == () and not s.append(sized(5_000)).full
     assert s.drops.frames["full"] == 2 and s.depth() == SpoolDepth(0, 0, 0)
     s.close()
 
 
 def test_expiry_is_counted_once_even_while_block_refuses(tmp_path):
-    s = Spool(tmp_path / "spool.db", Limits(max_bytes=3_000, max_age_ns=60 * 10**9, on_full="block"))
+    s = Spool(tmp_path / "spool.db", Limits(max_bytes=3_000, max_age_ns=60 * 10**9, on_full="block"),
+              seq_origin=0)
     old = time.time_ns() - 120 * 10**9
     s.append(lambda seq: [(b"o" * 1000, 5, old)], now_ns=old)
     s.append(sized(1000), now_ns=old)
@@ -194,3 +196,21 @@ def test_expiry_is_counted_once_even_while_block_refuses(tmp_path):
     assert s.depth() == SpoolDepth(3, 30, 3_000)
     assert [e["reason"] for e in events(s)] == ["expired"]
     s.close()
+
+
+def test_a_new_spool_starts_seq_at_its_creation_time_so_a_replaced_gateway_never_repeats(tmp_path):
+    before_ms = time.time_ns() // 1_000_000
+    s = Spool(tmp_path / "spool.db")
+    (seq,) = s.append(frame).seqs
+    assert before_ms < seq <= time.time_ns() // 1_000_000 + 1
+    s.close()
+    assert Spool(tmp_path / "spool.db").append(frame).seqs == (seq + 1,)  # and then continues by exactly 1
+
+
+def test_a_spool_that_cannot_be_opened_is_never_moved_aside(tmp_path):
+    # Not corrupt, just unopenable (here: the path is a directory; in the field: locked, read-only,
+    # no space): the agent must stop with a clear error, never set the file aside and lose its frames.
+    (tmp_path / "spool.db").mkdir()
+    with pytest.raises(SpoolUnavailable, match="unable to open"):
+        Spool(tmp_path / "spool.db")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spool.db"]

@@ -32,7 +32,7 @@ async def append(spool: AsyncSpool, n: int) -> None:
 async def test_spools_while_unreachable_then_replays_in_order_and_survives_a_dead_link(broker, tmp_path):
     relay_port = free_port()
     consumer = Consumer(broker, topic="edge/test/data")
-    spool = AsyncSpool(tmp_path / "spool.db")
+    spool = AsyncSpool(tmp_path / "spool.db", seq_origin=0)
     await spool.open()
     cfg = UplinkSection(url=f"mqtt://127.0.0.1:{relay_port}", keepalive="1s", inflight=4,
                         reconnect_min="50ms", reconnect_max="200ms")
@@ -79,7 +79,7 @@ async def test_spools_while_unreachable_then_replays_in_order_and_survives_a_dea
 
 async def test_live_frames_are_not_held_behind_the_backlog(broker, tmp_path):
     consumer = Consumer(broker, topic="edge/test/data")
-    spool = AsyncSpool(tmp_path / "spool.db")
+    spool = AsyncSpool(tmp_path / "spool.db", seq_origin=0)
     await spool.open()
     await append(spool, 300)  # the backlog of an outage
     cfg = UplinkSection(url=f"mqtt://127.0.0.1:{broker}", inflight=2, backlog_share=0.5)
@@ -139,7 +139,7 @@ async def test_mutual_tls_with_password_from_the_environment(procs, tmp_path, mo
                       f"require_certificate true\nallow_anonymous false\npassword_file {passwd}\n")
     broker.start()
     monkeypatch.setenv("EDGE_MQTT_PASSWORD", "s3cret")
-    spool = AsyncSpool(tmp_path / "spool.db")
+    spool = AsyncSpool(tmp_path / "spool.db", seq_origin=0)
     await spool.open()
     await append(spool, 3)
     # By IP address, with the hostname check explicitly off: the certificate names localhost and 127.0.0.1,

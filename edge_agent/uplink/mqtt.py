@@ -61,6 +61,11 @@ class MqttUplink:
         if cfg.protocol == "3.1.1":
             log.info("uplink: MQTT 3.1.1 cannot tell a refused publish from a delivered one; MQTT 5 can")
 
+    def inherit(self, old: MqttUplink) -> None:
+        """Carry the counters over when a reload replaces the uplink: metrics count from the start."""
+        for name in ("frames_out", "points_out", "bytes_out", "events_out", "connects", "connect_failures", "refused"):
+            setattr(self, name, getattr(old, name))
+
     def _tls_context(self) -> ssl.SSLContext | None:
         if not self.cfg.tls:
             return None
@@ -107,7 +112,8 @@ class MqttUplink:
                     if reason is not None and reason.is_failure:
                         raise PublishRefused(f"broker refused the birth message on {self.status_topic}: {reason}")
                     log.info("uplink connected to %s as %s (MQTT %s)", self._target, self.client_id, self.cfg.protocol)
-                    self._backoff.reset()
+                    # The backoff resets on the first acknowledged delivery, not here: a broker that
+                    # accepts the connection and then refuses every publish must not be hammered.
                     await self._session(client)
             except (aiomqtt.MqttError, ssl.SSLError, OSError, ValueError) as exc:
                 delay = self._backoff.next_delay_s()
@@ -208,6 +214,8 @@ class MqttUplink:
             self.refused += 1
             what = f"frame {seq}" if seq is not None else f"event {event_id}"
             raise PublishRefused(f"broker refused {what} on {topic}: {reason}")
+        if self._backoff.attempt:
+            self._backoff.reset()
         if seq is not None:
             self.frames_out += 1
             self.points_out += points
