@@ -19,8 +19,9 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from simulators.modbus.server import ModbusSimServer
-from simulators.plant import DEFAULT_TICK_NS, PLANT, UNITS
+from simulators.modbus import cli as modbus_cli
+from simulators.opcua import cli as opcua_cli
+from simulators.plant import DEFAULT_TICK_NS, PLANT
 
 _TICK = re.compile(r"^(\d+)(ms|s|m)$")
 _TICK_UNITS = {"ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000}
@@ -55,7 +56,7 @@ def _port(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-agent-sim", description="Software PLC serving a deterministic, seeded plant for tests and demos.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{modbus,list}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{modbus,opcua,list}")
     mb = sub.add_parser("modbus", help="serve the plant over Modbus TCP (units 1,2,3 on one port)")
     mb.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     mb.add_argument("--port", type=_port, default=5020, help="TCP port, 0 = any free port (default 5020)")
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     mb.add_argument("--tick", type=parse_tick, default=DEFAULT_TICK_NS,
                     help="plant update period: Nms, Ns or Nm (default 100ms)")
     mb.add_argument("--ready-file", type=Path, help="write the bound port here once listening")
+    modbus_cli.add_options(mb)
+    opcua_cli.add_parser(sub, _port, parse_tick)
     sub.add_parser("list", help="print the plant map (device, unit, address, type, name)")
     return parser
 
@@ -79,7 +82,7 @@ def print_map(out: TextIO | None = None) -> None:
         print(line.rstrip(), file=out or sys.stdout)
 
 
-def _write_ready_file(path: Path, port: int) -> None:
+def _write_ready_file(path: Path, port: int | str) -> None:
     # Write then rename, so a poller never reads a half-written (empty) file.
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(f"{port}\n")
@@ -87,25 +90,34 @@ def _write_ready_file(path: Path, port: int) -> None:
 
 
 async def _run_modbus(args: argparse.Namespace) -> int:
-    server = ModbusSimServer(seed=args.seed, tick_ns=args.tick)
     try:
-        await server.start(args.host, args.port)
+        server = modbus_cli.build(args)
+    except ValueError as e:
+        print(f"edge-agent-sim: {e}", file=sys.stderr)
+        return 2
+    try:
+        where = await modbus_cli.start(server, args)
     except OSError as e:
-        print(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
+        target = args.serial or f"{args.host}:{args.port}"
+        print(f"cannot {'open' if args.serial else 'listen on'} {target}: {e.strerror or e}", file=sys.stderr)
         return 1
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    labels = asyncio.create_task(modbus_cli.label_writer(server, args.labels)) if args.labels else None
     try:
         if args.ready_file is not None:
-            _write_ready_file(args.ready_file, server.port)
-        units = ",".join(str(u) for u in UNITS)
-        print(f"modbus simulator listening on {args.host}:{server.port} "
-              f"(units {units}, seed {args.seed}, tick {format_tick(args.tick)})", file=sys.stderr, flush=True)
+            _write_ready_file(args.ready_file, args.serial or server.port)
+        print(f"modbus simulator listening on {where} "
+              f"(units {modbus_cli.units_text(server)}, seed {args.seed}, tick {format_tick(args.tick)})",
+              file=sys.stderr, flush=True)
         await stop.wait()
     finally:
+        if labels is not None:
+            labels.cancel()
+            await asyncio.gather(labels, return_exceptions=True)
         await server.stop(grace_s=0.3)
         if args.ready_file is not None:
             with contextlib.suppress(OSError):
@@ -123,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "opcua":
+            return asyncio.run(opcua_cli.run(args))
         return asyncio.run(_run_modbus(args))
     except OSError as e:  # e.g. the ready file's directory does not exist
         print(f"edge-agent-sim: {e}", file=sys.stderr)

@@ -12,6 +12,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 from simulators import signals as s
 
@@ -19,16 +20,21 @@ DEFAULT_TICK_NS = 100_000_000  # 100 ms
 
 TABLES = ("hr", "ir", "coil", "di")
 BIT_TABLES = frozenset({"coil", "di"})
-TYPES = ("bool", "int16", "uint16", "int32", "uint32", "float32", "float64")
+TYPES = ("bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64")
+BYTE_ORDERS = ("ABCD", "CDAB", "BADC", "DCBA")
 
 # Registers (16-bit words) per type; a bool occupies one bit address in a coil/di table.
-WORDS = {"bool": 1, "int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "float64": 4}
-_STRUCT = {"int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I", "float32": ">f", "float64": ">d"}
+WORDS = {"bool": 1, "int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "int64": 4, "uint64": 4, "float32": 2,
+         "float64": 4}
+_STRUCT = {"int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I", "int64": ">q", "uint64": ">Q",
+           "float32": ">f", "float64": ">d"}
 _INT_RANGE = {
     "int16": (-(1 << 15), (1 << 15) - 1),
     "uint16": (0, (1 << 16) - 1),
     "int32": (-(1 << 31), (1 << 31) - 1),
     "uint32": (0, (1 << 32) - 1),
+    "int64": (-(1 << 63), (1 << 63) - 1),
+    "uint64": (0, (1 << 64) - 1),
 }
 
 # Counters and meters count from a commissioning date so their magnitudes look like a real plant's
@@ -54,6 +60,7 @@ class Point:
     scale: float = 1.0
     eng_unit: str = ""
     description: str = ""
+    byte_order: str = "ABCD"  # how the device lays out multi-register values (ABCD = high word first)
 
     @property
     def words(self) -> int:
@@ -162,7 +169,7 @@ def _quantise(p: Point, x: float) -> float:
     if p.type == "float64":
         return float(x)
     lo, hi = _INT_RANGE[p.type]
-    return float(min(hi, max(lo, round(x))))
+    return float(min(hi, max(lo, round(x))))  # 64-bit values beyond 2**53 are what float64 can carry
 
 
 def value_at_tick(p: Point, k: int, seed: int, tick_ns: int = DEFAULT_TICK_NS) -> float:
@@ -180,12 +187,19 @@ def value_at(p: Point, t_ns: int, seed: int, tick_ns: int = DEFAULT_TICK_NS) -> 
 
 
 def encode(p: Point, value: float) -> tuple[int, ...]:
-    """Register words for a value from value_at: big-endian, high word first (ABCD); bools -> (0|1,)."""
+    """Register words for a value from value_at in the point's byte order (ABCD: big-endian, high word
+    first; CDAB swaps words, BADC swaps the bytes of each word, DCBA both); bools -> (0|1,)."""
     if p.type == "bool":
         return (1 if value else 0,)
     fmt = _STRUCT[p.type]
-    raw = struct.pack(fmt, value if p.type.startswith("float") else int(value))
-    return struct.unpack(f">{len(raw) // 2}H", raw)
+    lo, hi = _INT_RANGE.get(p.type, (0, 0))
+    raw = struct.pack(fmt, value if p.type.startswith("float") else min(hi, max(lo, int(value))))
+    words = [raw[i : i + 2] for i in range(0, len(raw), 2)]
+    if p.byte_order in ("CDAB", "DCBA"):
+        words.reverse()
+    if p.byte_order in ("BADC", "DCBA"):
+        words = [w[::-1] for w in words]
+    return tuple(int.from_bytes(w, "big") for w in words)
 
 
 @cache
@@ -205,6 +219,8 @@ def validate(points: Iterable[Point]) -> None:
     names: set[str] = set()
     units: dict[int, str] = {}
     for p in points:
+        if p.byte_order not in BYTE_ORDERS:
+            raise ValueError(f"{p.device}.{p.name}: byte order {p.byte_order!r} is not one of {', '.join(BYTE_ORDERS)}")
         if p.table not in TABLES or p.type not in TYPES:
             raise ValueError(f"{p.device}.{p.name}: bad table {p.table!r} or type {p.type!r}")
         if (p.type == "bool") != (p.table in BIT_TABLES):
@@ -225,3 +241,139 @@ def validate(points: Iterable[Point]) -> None:
 
 
 validate(PLANT)
+
+
+# --- profile files -------------------------------------------------------------------------------
+
+class ProfileError(ValueError):
+    """A profile file problem, already formatted as one line: `FILE: where: what`."""
+
+
+_DURATION = {"ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
+_SIGNAL_KEYS: dict[str, tuple[type, dict[str, str]]] = {
+    # kind: (class, {toml key: constructor argument}); durations are converted to seconds
+    "sine": (s.Sine, {"mean": "mean", "amplitude": "amplitude", "period": "period_s", "noise": "noise"}),
+    "ramp": (s.Sawtooth, {"low": "low", "high": "high", "period": "period_s", "noise": "noise"}),
+    "random_walk": (s.RandomWalk, {"mean": "mean", "step": "step", "period": "period_s", "lo": "lo", "hi": "hi"}),
+    "counter": (s.Counter, {"per_minute": "per_minute", "modulus": "modulus"}),
+    "steps": (s.Steps, {"levels": "levels", "hold": "hold_s", "noise": "noise"}),
+    "square": (s.SquareWave, {"period": "period_s", "duty": "duty"}),
+    "noise": (s.Noise, {"mean": "mean", "noise": "noise"}),
+    "constant": (s.Constant, {"value": "value"}),
+    "rare_event": (s.RareEvent, {"probability": "probability"}),
+}
+_ANOMALY_KEYS = {"every": "every_s", "duration": "duration_s", "magnitude": "magnitude", "kinds": "kinds",
+                 "probability": "probability"}
+
+
+def _seconds(v: object, where: str) -> float:
+    if isinstance(v, str):
+        for unit in ("ms", "s", "m", "h"):
+            num = v.strip().removesuffix(unit)
+            if num != v.strip() and num.replace(".", "", 1).isdigit():
+                return float(num) * _DURATION[unit] / 1e9
+    raise ValueError(f"{where}: {v!r} is not a duration such as \"500ms\", \"30s\", \"5m\"")
+
+
+def _build(cls: type, keys: dict[str, str], spec: dict, where: str, **kwargs: object) -> object:
+    for key, value in spec.items():
+        if key == "kind":
+            continue
+        if key not in keys:
+            raise ValueError(f"{where}.{key}: unknown key (allowed: {', '.join(keys)})")
+        arg = keys[key]
+        if arg.endswith("_s"):
+            value = _seconds(value, f"{where}.{key}")
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[arg] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        missing = str(exc).split("argument", 1)[-1].strip(": ")
+        raise ValueError(f"{where}: missing {missing}") from None
+
+
+def _signal(spec: object, where: str) -> s.Signal:
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise ValueError(f"{where}: needs a table with kind = one of {', '.join(_SIGNAL_KEYS)}")
+    kind = spec["kind"]
+    if kind not in _SIGNAL_KEYS:
+        raise ValueError(f"{where}.kind: {kind!r} is not one of {', '.join(_SIGNAL_KEYS)}")
+    cls, keys = _SIGNAL_KEYS[kind]
+    return _build(cls, keys, spec, where)  # type: ignore[return-value]
+
+
+def load_profile(path: str | Path) -> tuple[Point, ...]:
+    """Read a profile file (see simulators/README.md) into Points; ProfileError names file and key."""
+    import tomllib
+
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read profile: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{path}: TOML syntax error: {exc}") from None
+    try:
+        points = _points(doc)
+        validate(points)
+    except (ValueError, KeyError) as exc:
+        raise ProfileError(f"{path}: {exc}") from None
+    return points
+
+
+def _points(doc: dict) -> tuple[Point, ...]:
+    unknown = set(doc) - {"devices"}
+    if unknown:
+        raise ValueError(f"{sorted(unknown)[0]}: unknown key (allowed: devices)")
+    devices = doc.get("devices")
+    if not isinstance(devices, list) or not devices:
+        raise ValueError("devices: a profile needs at least one [[devices]] table")
+    out = []
+    for i, dev in enumerate(devices):
+        where = f"devices[{i}]"
+        extra = set(dev) - {"name", "unit", "byte_order", "points"}
+        if extra:
+            raise ValueError(f"{where}.{sorted(extra)[0]}: unknown key (allowed: name, unit, byte_order, points)")
+        for key in ("name", "unit", "points"):
+            if key not in dev:
+                raise ValueError(f"{where}.{key}: required key is missing")
+        for j, pt in enumerate(dev["points"]):
+            pw = f"{where}.points[{j}]"
+            allowed = {"name", "address", "type", "signal", "scale", "eng_unit", "description", "byte_order",
+                       "anomalies"}
+            extra = set(pt) - allowed
+            if extra:
+                raise ValueError(f"{pw}.{sorted(extra)[0]}: unknown key (allowed: {', '.join(sorted(allowed))})")
+            for key in ("name", "address", "type", "signal"):
+                if key not in pt:
+                    raise ValueError(f"{pw}.{key}: required key is missing")
+            table, _, index = str(pt["address"]).partition(":")
+            if table not in TABLES or not index.isdigit():
+                raise ValueError(f"{pw}.address: {pt['address']!r} is not table:N (hr, ir, coil, di; 0-based)")
+            signal = _signal(pt["signal"], f"{pw}.signal")
+            if "anomalies" in pt:
+                spec = pt["anomalies"]
+                if not isinstance(spec, dict):
+                    raise ValueError(f"{pw}.anomalies: needs a table (every, duration, magnitude, kinds)")
+                bad = [k for k in spec.get("kinds", ()) if k not in s.ANOMALY_KINDS]
+                if bad:
+                    raise ValueError(f"{pw}.anomalies.kinds: {bad[0]!r} is not one of {', '.join(s.ANOMALY_KINDS)}")
+                signal = _build(s.Anomalies, _ANOMALY_KEYS, spec, f"{pw}.anomalies", inner=signal)
+            out.append(Point(str(dev["name"]), int(dev["unit"]), table, int(index), str(pt["type"]),
+                             str(pt["name"]), signal, float(pt.get("scale", 1.0)), str(pt.get("eng_unit", "")),
+                             str(pt.get("description", "")), str(pt.get("byte_order", dev.get("byte_order", "ABCD")))))
+    return tuple(out)
+
+
+def anomaly_labels(points: Iterable[Point], seed: int, k0: int, k1: int,
+                   tick_ns: int = DEFAULT_TICK_NS) -> list[dict[str, object]]:
+    """Ground truth: every anomaly starting in ticks [k0, k1), as label-file records, by start time."""
+    out = []
+    for p in points:
+        if isinstance(p.signal, s.Anomalies):
+            for a in p.signal.windows(k0, k1, seed, p.name, tick_ns):
+                out.append({"device": p.device, "point": p.name, "kind": a.kind, "start_ns": a.start * tick_ns,
+                            "end_ns": a.end * tick_ns, "magnitude": a.magnitude})
+    return sorted(out, key=lambda r: (r["start_ns"], r["point"]))

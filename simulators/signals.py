@@ -273,3 +273,123 @@ class Integrator:
     def at(self, k: int, seed: int, key: str, tick_ns: int) -> float:
         elapsed_ns = max(0, k * tick_ns - self.epoch_s * NS_PER_S)
         return elapsed_ns * self.power_kw / (3600.0 * NS_PER_S)
+
+
+STREAM_WALK = 7
+STREAM_ANOMALY = 8
+
+
+@dataclass(frozen=True, slots=True)
+class RandomWalk:
+    """A wandering level (tank level, ambient temperature) that any process can evaluate at any tick.
+
+    A true random walk needs every earlier step; this sums value noise at octaves of doubling period,
+    weighted by the square root of the period, which has a random walk's look (variance growing with
+    the time scale) up to the longest octave and stays a pure function of k. Clamped to [lo, hi].
+    """
+
+    mean: float
+    step: float  # typical change over one base period
+    period_s: float = 1.0  # base period: the finest wiggle
+    octaves: int = 8
+    lo: float = -math.inf
+    hi: float = math.inf
+
+    def at(self, k: int, seed: int, key: str, tick_ns: int) -> float:
+        t = k * tick_ns
+        base = _period_ns(self.period_s)
+        x = 0.0
+        for j in range(self.octaves):
+            period = base << j
+            seg, within = divmod(t, period)
+            a = uniform(seed, key, seg, STREAM_WALK + 16 * j) * 2.0 - 1.0
+            b = uniform(seed, key, seg + 1, STREAM_WALK + 16 * j) * 2.0 - 1.0
+            f = within / period
+            f = f * f * (3.0 - 2.0 * f)  # smoothstep: no kinks at segment edges
+            x += (a + (b - a) * f) * math.sqrt(1 << j)
+        return min(self.hi, max(self.lo, self.mean + self.step * x))
+
+
+@dataclass(frozen=True, slots=True)
+class Noise:
+    """A constant level plus bounded noise: a sensor on a process at rest."""
+
+    mean: float
+    noise: float
+
+    def at(self, k: int, seed: int, key: str, tick_ns: int) -> float:
+        return self.mean + noise(seed, key, k, self.noise)
+
+
+@dataclass(frozen=True, slots=True)
+class Constant:
+    value: float
+
+    def at(self, k: int, seed: int, key: str, tick_ns: int) -> float:
+        return self.value
+
+
+ANOMALY_KINDS = ("spike", "drift", "stuck", "step", "noise_burst")
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyWindow:
+    """One injected anomaly: ticks [start, end) of a point, for the ground-truth label file."""
+
+    kind: str
+    start: int  # first tick
+    end: int  # first tick after
+    magnitude: float
+
+
+@dataclass(frozen=True, slots=True)
+class Anomalies:
+    """Injects anomalies into an inner signal at seeded times.
+
+    Time is cut into windows of `every_s`; in each window, with `probability`, one anomaly of a seeded
+    kind starts at a seeded tick and lasts `duration_s` (a spike lasts one tick). Being a pure
+    function of (k, seed, key) like every signal, the ground truth can be listed for any time range
+    (`windows`) without running the simulator, and the label file is exactly that list.
+    """
+
+    inner: Signal
+    every_s: float
+    duration_s: float
+    magnitude: float
+    kinds: tuple[str, ...] = ANOMALY_KINDS
+    probability: float = 1.0
+
+    def window(self, w: int, seed: int, key: str, tick_ns: int) -> AnomalyWindow | None:
+        """The anomaly of window w, if it has one."""
+        if uniform(seed, key, w, STREAM_ANOMALY) >= self.probability:
+            return None
+        span = max(1, _period_ns(self.every_s) // tick_ns)
+        kind = self.kinds[hash64(seed, key, w, STREAM_ANOMALY + 1) % len(self.kinds)]
+        dur = 1 if kind == "spike" else max(1, min(span, _period_ns(self.duration_s) // tick_ns))
+        start = w * span + hash64(seed, key, w, STREAM_ANOMALY + 2) % max(1, span - dur + 1)
+        sign = 1.0 if hash64(seed, key, w, STREAM_ANOMALY + 3) & 1 else -1.0
+        return AnomalyWindow(kind, start, start + dur, sign * self.magnitude)
+
+    def windows(self, k0: int, k1: int, seed: int, key: str, tick_ns: int) -> list[AnomalyWindow]:
+        """Anomalies starting in ticks [k0, k1)."""
+        span = max(1, _period_ns(self.every_s) // tick_ns)
+        out = []
+        for w in range(k0 // span, (k1 - 1) // span + 1):
+            a = self.window(w, seed, key, tick_ns)
+            if a is not None and k0 <= a.start < k1:
+                out.append(a)
+        return out
+
+    def at(self, k: int, seed: int, key: str, tick_ns: int) -> float:
+        span = max(1, _period_ns(self.every_s) // tick_ns)
+        a = self.window(k // span, seed, key, tick_ns)
+        if a is None or not a.start <= k < a.end:
+            return self.inner.at(k, seed, key, tick_ns)
+        if a.kind == "stuck":
+            return self.inner.at(a.start, seed, key, tick_ns)
+        x = self.inner.at(k, seed, key, tick_ns)
+        if a.kind == "drift":
+            return x + a.magnitude * (k - a.start + 1) / (a.end - a.start)
+        if a.kind == "noise_burst":
+            return x + noise(seed, key + "/burst", k, abs(a.magnitude))
+        return x + a.magnitude  # spike, step

@@ -10,7 +10,6 @@ import pytest
 
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.driver import ModbusDriver
-from drivers.modbus.plan import plan_device
 from edge_agent.samples import QUALITY_BAD_COMM, QUALITY_BAD_CONFIG, QUALITY_GOOD, Batch
 from simulators.modbus.server import ModbusSimServer
 from simulators.plant import DEFAULT_TICK_NS, point, value_at_tick
@@ -44,17 +43,6 @@ async def sim():
     await server.start("127.0.0.1", 0)
     yield server
     await server.stop()
-
-
-def test_planner_merges_across_small_gaps_and_respects_limits():
-    tags = [{"name": f"t{i}", "address": f"hr:{a}", "type": "uint16"} for i, a in enumerate([0, 1, 20, 40, 200])]
-    plan = plan_device(device(502, tags, max_gap=19, max_registers=41))
-    assert [(r.start, r.count) for r in plan] == [(0, 41), (200, 1)]
-    plan = plan_device(device(502, tags, max_gap=0))
-    assert [(r.start, r.count) for r in plan] == [(0, 2), (20, 1), (40, 1), (200, 1)]
-    big = [{"name": f"f{i}", "address": f"hr:{i * 2}", "type": "float32"} for i in range(100)]
-    plan = plan_device(device(502, big))
-    assert [(r.start, r.count) for r in plan] == [(0, 124), (124, 76)]  # never a float split across requests
 
 
 async def test_values_decode_exactly_and_are_stamped_on_arrival(sim):
@@ -116,25 +104,6 @@ async def test_plc_that_goes_away_is_reconnected_with_backoff():
     finally:
         task.cancel()
         await server.stop()
-
-
-async def test_a_unit_that_never_answers_is_retried_with_backoff_not_every_tick(sim):
-    # The TCP connection works (a gateway), but nothing answers for unit 9: each attempt costs a timeout,
-    # then the driver must wait its backoff (here >= 400 ms) instead of reconnecting on every 50 ms tick.
-    rows: list[Batch] = []
-    dev = device(sim.port, PRESS_TAGS, unit=9, reconnect_min="400ms", reconnect_max="400ms")
-    drv = ModbusDriver(dev.model_copy(update={"timeout": 100_000_000}), rows.append)
-    task = asyncio.create_task(drv.run())
-    try:
-        await async_wait_for(lambda: drv.stats.connects >= 3, 10, "three attempts")
-        t0 = time.monotonic()
-        await async_wait_for(lambda: drv.stats.connects >= 5, 10, "two more attempts")
-        elapsed = time.monotonic() - t0
-    finally:
-        task.cancel()
-    assert elapsed >= 2 * 0.4, f"two reconnects took {elapsed:.2f}s: backoff not applied"
-    assert all((b.quality == QUALITY_BAD_COMM).all() for b in rows)
-    assert drv.stats.errors_by_kind["timeout"] == len(rows)
 
 
 async def test_first_poll_is_at_connect_not_one_interval_later(sim):

@@ -493,3 +493,115 @@ def test_cli_sigint_also_exits_0(tmp_path: Path) -> None:
             proc.communicate()
     assert proc.returncode == 0
     assert json.loads(out) == {"requests": {}}
+
+
+# --- profiles, anomalies, faults ---------------------------------------------------------------------
+
+PROFILE = REPO / "simulators" / "profiles" / "line.toml"
+
+
+async def test_profile_serves_its_byte_orders_and_64_bit_values() -> None:
+    from simulators.plant import load_profile
+
+    points = load_profile(PROFILE)
+    t = 1_800_000_000_000_000_000
+    srv = ModbusSimServer(seed=3, points=points, clock=lambda: t)
+    await srv.start("127.0.0.1", 0)
+    try:
+        async with raw_connection(srv.port) as (reader, writer):
+            writer.write(mbap(1, 5, read_pdu(4, 0, 10)))
+            await writer.drain()
+            _, _, pdu = await read_frame(reader)
+    finally:
+        await srv.stop()
+    words = struct.unpack(">10H", pdu[2:])
+    by_name = {p.name: p for p in points}
+    power, energy, freq = by_name["active_power"], by_name["energy_total"], by_name["frequency"]
+    # CDAB: low word first; the frequency point overrides to ABCD.
+    assert struct.unpack(">f", struct.pack(">2H", words[1], words[0]))[0] == value_at(power, t, 3)
+    assert struct.unpack(">Q", struct.pack(">4H", *reversed(words[2:6])))[0] == value_at(energy, t, 3)
+    assert struct.unpack(">d", struct.pack(">4H", *words[6:10]))[0] == value_at(freq, t, 3)
+
+
+def test_anomalies_change_values_exactly_where_the_labels_say() -> None:
+    from simulators.plant import anomaly_labels, load_profile
+    from simulators.signals import Anomalies
+
+    points = load_profile(PROFILE)
+    level = next(p for p in points if p.name == "level")
+    assert isinstance(level.signal, Anomalies)
+    k0 = 18_000_000_000
+    k1 = k0 + 36_000  # an hour of 100 ms ticks
+    labels = [r for r in anomaly_labels(points, SEED, k0, k1) if r["point"] == "level"]
+    assert len(labels) == 60 and {r["kind"] for r in labels} == {"spike", "drift", "stuck", "step", "noise_burst"}
+    inside = {k for r in labels for k in range(r["start_ns"] // TICK, r["end_ns"] // TICK)}
+    clean = Point(level.device, level.unit, level.table, level.address, level.type, level.name, level.signal.inner)
+    for k in range(k0, k0 + 3000):
+        differs = value_at_tick(level, k, SEED) != value_at_tick(clean, k, SEED)
+        assert differs <= (k in inside), k  # outside a labelled window the value is the clean signal
+    assert sum(value_at_tick(level, k, SEED) != value_at_tick(clean, k, SEED) for k in inside if k < k0 + 3000)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[[devices]]\nname = 'a'\nunit = 1\npoints = [{name = 'x', address = 'hr:0', type = 'int16', "
+     "signal = {kind = 'sin'}}]", "devices[0].points[0].signal.kind: 'sin' is not one of sine, ramp"),
+    ("[[devices]]\nname = 'a'\nunit = 1\npoints = [{name = 'x', address = 'hr:0', type = 'int16', "
+     "signal = {kind = 'sine', mean = 1.0, amplitude = 1.0, period = 5}}]",
+     "devices[0].points[0].signal.period: 5 is not a duration"),
+    ("[[devices]]\nname = 'a'\nunit = 1\npoints = [{name = 'x', address = '40001', type = 'int16', "
+     "signal = {kind = 'constant', value = 1.0}}]", "devices[0].points[0].address: '40001' is not table:N"),
+    ("[[devices]]\nname = 'a'\nunit = 1\npoints = [{name = 'x', address = 'hr:0', type = 'int16', "
+     "signal = {kind = 'constant', value = 1.0}, anomalies = {every = '1m', kinds = ['blip']}}]",
+     "devices[0].points[0].anomalies.kinds: 'blip' is not one of spike"),
+])
+def test_profile_errors_are_one_line(tmp_path: Path, text: str, message: str) -> None:
+    from simulators.plant import ProfileError, load_profile
+
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    with pytest.raises(ProfileError) as exc:
+        load_profile(path)
+    assert str(exc.value).startswith(f"{path}: {message}"), str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_cli_profile_labels_and_fault_summary(tmp_path: Path) -> None:
+    profile = tmp_path / "p.toml"
+    profile.write_text("[[devices]]\nname = 'a'\nunit = 9\n[[devices.points]]\nname = 'x'\naddress = 'hr:0'\n"
+                       "type = 'int16'\nsignal = {kind = 'constant', value = 5.0}\n"
+                       "anomalies = {every = '1s', duration = '300ms', magnitude = 50.0}\n")
+    ready, labels = tmp_path / "port", tmp_path / "labels.jsonl"
+    proc = _sim("modbus", "--port", "0", "--profile", str(profile), "--labels", str(labels), "--seed", "4",
+                "--short-rate", "1", "--ready-file", str(ready))
+    try:
+        deadline = time.monotonic() + 5.0
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        with ModbusTcpClient("127.0.0.1", port=int(ready.read_text()), timeout=1.0, retries=0) as c:
+            rr = c.read_holding_registers(0, count=1, device_id=9)
+        assert not rr.isError() and rr.registers == []  # the short reply: no register at all
+        deadline = time.monotonic() + 5.0
+        while not (labels.exists() and labels.read_text().count("\n") >= 2):
+            assert time.monotonic() < deadline, "no labels written"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=5.0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "(units 9, seed 4, tick 100ms)" in err
+    assert json.loads(out.strip().splitlines()[-1]) == {"requests": {"9": {"3": 1}}, "faults": {"short": 1}}
+    records = [json.loads(line) for line in labels.read_text().splitlines()]
+    assert all(r["device"] == "a" and r["point"] == "x" and r["end_ns"] > r["start_ns"] for r in records)
+    assert len({r["start_ns"] for r in records}) == len(records)  # each anomaly labelled once
+
+
+def test_cli_bad_profile_is_one_line_exit_2(tmp_path: Path) -> None:
+    proc = _sim("modbus", "--port", "0", "--profile", str(tmp_path / "missing.toml"))
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 2 and out == ""
+    assert err.strip().splitlines() == [f"edge-agent-sim: {tmp_path / 'missing.toml'}: cannot read profile: "
+                                        "No such file or directory"]

@@ -1,4 +1,4 @@
-"""Modbus driver plugin: TCP for now (RTU and RTU-over-TCP arrive with the full driver)."""
+"""Modbus driver plugin: Modbus TCP, RTU over serial lines and RTU over TCP (serial converters)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,12 @@ class ModbusPlugin:
     def tag_types(self, device: DeviceBase) -> tuple[str, ...]:
         assert isinstance(device, ModbusDevice)
         return tuple(t.type for t in device.tags)
+
+    def tag_units(self, device: DeviceBase) -> tuple[str, ...]:
+        """Engineering unit of each tag in config order ("" when none): for frame metadata, once the
+        frame format has a place for it (not part of the Driver contract yet)."""
+        assert isinstance(device, ModbusDevice)
+        return tuple(t.eng_unit for t in device.tags)
 
 
 PLUGIN = ModbusPlugin()

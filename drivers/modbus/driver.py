@@ -3,6 +3,13 @@
 Ticks are absolute (start + k * interval on the monotonic clock): a poll timer that restarts from
 "now" drifts (field notes: 86 polls/s instead of 100). An overrun skips the missed ticks and counts
 them; it never bursts to catch up, which would hammer a PLC that is already slow.
+
+Tags with their own `poll_interval` form poll groups; each group runs its own tick loop inside the
+device's task and delivers batches of its columns only.
+
+A device that fails (no answer, connection lost) backs off on its own: until its backoff delay has
+passed it sends nothing, so on a shared RTU bus a dead unit costs one timeout per backoff period and
+never a reset of the line its neighbours use.
 """
 
 from __future__ import annotations
@@ -10,139 +17,322 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from drivers.api import DriverStats, SampleSink
-from drivers.modbus.client import ILLEGAL_DATA_ADDRESS, DeviceException, LinkError, ModbusTcpLink
+from drivers.modbus.bus import acquire_bus, release_bus
+from drivers.modbus.client import (
+    ILLEGAL_DATA_ADDRESS,
+    Bus,
+    DeviceException,
+    LinkError,
+    Read,
+    ReplyError,
+    RequestTimeout,
+)
 from drivers.modbus.config import ModbusDevice
-from drivers.modbus.decode import ReplyError, decode_bits, decode_registers
-from drivers.modbus.plan import plan_device
+from drivers.modbus.decode import decode_bits, decode_registers
+from drivers.modbus.plan import PollGroup, ReadRequest, poll_groups, split_request
+from drivers.modbus.statelog import StateLog
 from edge_agent.backoff import Backoff
-from edge_agent.samples import QUALITY_BAD_CONFIG, QUALITY_BAD_DECODE, QUALITY_BAD_DEVICE, QUALITY_GOOD, Batch
+from edge_agent.samples import (
+    QUALITY_BAD_CONFIG,
+    QUALITY_BAD_DECODE,
+    QUALITY_BAD_DEVICE,
+    QUALITY_GOOD,
+    Batch,
+)
 
 log = logging.getLogger("edge_agent.drivers.modbus")
+
+
+@dataclass(slots=True)
+class ModbusBatch(Batch):
+    """A batch plus the text of string tags (column -> text); the numeric column holds NaN for them,
+    since the frame carries float64 only (see README: Strings)."""
+
+    text: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class ModbusStats(DriverStats):
+    requests: int = 0
+    retries: int = 0
+    splits: int = 0
+    bad_tags: set[str] = field(default_factory=set)
+
+
+class _LinkFailed(Exception):
+    """The rest of this poll is not sent: the device or its connection is not answering."""
 
 
 class ModbusDriver:
     def __init__(self, device: ModbusDevice, sink: SampleSink):
         self.device = device
         self.sink = sink
-        self.plan = plan_device(device)
-        self.stats = DriverStats()
-        self._link = ModbusTcpLink(device.host, device.port, device.timeout / 1e9)
+        self.groups: list[PollGroup] = poll_groups(device)
+        # The live plan per group: starts as planned, refined when a device refuses a merged read.
+        self._plans: list[list[ReadRequest]] = [list(g.requests) for g in self.groups]
+        self.stats = ModbusStats()
+        self.endpoint = device.parsed_endpoint
+        self._timeout_s = device.timeout / 1e9
+        self._pause_s = device.request_delay / 1e9
         self._backoff = Backoff(device.reconnect_min, device.reconnect_max)
-        self._k = len(device.tags)
-        self._where = f"device {device.name} ({device.endpoint} unit {device.unit})"
-        self._backoff_pending = False
+        self._retry_at = 0.0
+        self._failing = False
         self._last_error = ""
+        self._where = f"device {device.name} ({device.endpoint} unit {device.unit})"
+        self._states = StateLog(log, self._where)
+        self._ready_lock = asyncio.Lock()
+        self._all_columns = len(self.groups) == 1
+        self.bus: Bus | None = None
+        self._troubled = False  # some request or tag has been reported bad: check for recoveries
+
+    @property
+    def plan(self) -> list[ReadRequest]:
+        """Every request one round of polls sends (after any splits), for tests and `check --plan`."""
+        return [r for p in self._plans for r in p]
 
     async def run(self) -> None:
-        period = self.device.poll_interval
-        start: int | None = None  # the tick grid starts at the first connection, not at process start
-        tick = 0
+        self.bus = acquire_bus(self.device)
         try:
-            while True:
-                if not self._link.connected:
-                    await self._connect()
-                    now = time.monotonic_ns()
-                    if start is None:
-                        start = now
-                    # Back on the absolute grid: ticks that passed while offline are skipped, not replayed.
-                    due = -(-(now - start) // period)
-                    if due > tick:
-                        self.stats.skipped_ticks += due - tick
-                        tick = due
-                assert start is not None
-                await _sleep_until(start + tick * period)
-                await self._poll()
-                # Next tick strictly in the future; missed ones are skipped and counted, not replayed.
-                due = (time.monotonic_ns() - start) // period + 1
-                if due > tick + 1:
-                    self.stats.skipped_ticks += due - tick - 1
-                tick = max(tick + 1, due)
+            if len(self.groups) == 1:
+                await self._run_group(0)
+            else:
+                async with asyncio.TaskGroup() as tg:
+                    for i in range(len(self.groups)):
+                        tg.create_task(self._run_group(i), name=f"{self.device.name}:group{i}")
         finally:
-            self._link.close()
+            release_bus(self.device, self.bus)
             self.stats.connected = False
 
-    async def _connect(self) -> None:
-        """Connect, waiting out the backoff first if the device has been failing.
+    async def _run_group(self, gi: int) -> None:
+        period = self.groups[gi].interval
+        start: int | None = None  # the tick grid starts at the first connection, not at process start
+        tick = 0
+        while True:
+            await self._ready()
+            now = time.monotonic_ns()
+            if start is None:
+                start = now
+            # Back on the absolute grid: ticks that passed while offline are skipped, not replayed.
+            due = -(-(now - start) // period)
+            if due > tick:
+                self.stats.skipped_ticks += due - tick
+                tick = due
+            await _sleep_until(start + tick * period)
+            await self._poll(gi)
+            # Next tick strictly in the future; missed ones are skipped and counted, not replayed.
+            due = (time.monotonic_ns() - start) // period + 1
+            if due > tick + 1:
+                self.stats.skipped_ticks += due - tick - 1
+            tick = max(tick + 1, due)
+
+    async def _ready(self) -> None:
+        """Wait out the backoff if the device has been failing, then make sure the bus is connected.
 
         The backoff is reset only by an answer from the device, not by a TCP connect: a gateway that
         accepts connections for a dead unit behind it must not be hammered with one poll per tick.
         """
-        while True:
-            if self._backoff_pending:
-                delay = self._backoff.next_delay_s()
-                level = logging.WARNING if self._backoff.attempt == 1 else logging.DEBUG
-                log.log(level, "%s: %s; retrying in %.1fs", self._where, self._last_error, delay)
-                await asyncio.sleep(delay)
-            try:
-                await self._link.connect()
-            except LinkError as exc:
-                self.stats.error("connect")
-                self._last_error = f"cannot connect ({exc})"
-                self._backoff_pending = True
-                continue
-            # While a device keeps failing, only the first failure and the recovery are worth a line.
-            log.log(logging.DEBUG if self._backoff.attempt > 1 else logging.INFO, "%s: connected", self._where)
-            self.stats.connects += 1
-            self.stats.connected = True
-            return
+        assert self.bus is not None
+        async with self._ready_lock:
+            while True:
+                delay = self._retry_at - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if self.bus.connected:
+                    self.stats.connected = True
+                    return
+                try:
+                    made = await self.bus.connect(self._timeout_s * 2)
+                except LinkError as exc:
+                    self.stats.error("connect")
+                    self._fail(f"cannot connect ({exc})")
+                    continue
+                if made:
+                    # While a device keeps failing, only the first failure and the recovery are worth a line.
+                    log.log(logging.DEBUG if self._backoff.attempt > 1 else logging.INFO, "%s: connected", self._where)
+                    self.stats.connects += 1
+                self.stats.connected = True
+                return
 
-    async def _poll(self) -> None:
-        batch = Batch.empty(self.device.name, 1, self._k)
-        ts, values, quality = batch.ts[0], batch.values[0], batch.quality[0]
-        self.stats.polls += 1
-        failed = False
-        for req in self.plan:
-            if failed:
-                ts[req.columns] = time.time_ns()
-                continue  # columns stay BAD_COMM: the link is gone for the rest of this poll
-            try:
-                reply = await self._link.read(req)
-                ts[req.columns] = time.time_ns()  # stamped when the answer arrives, not when converted
-                self._answered()
-                if req.bit_index is not None:
-                    decode_bits(req, reply, values)
-                else:
-                    decode_registers(req, reply, values)
-                quality[req.columns] = QUALITY_GOOD
-            except DeviceException as exc:
-                ts[req.columns] = time.time_ns()
-                self._answered()
-                quality[req.columns] = QUALITY_BAD_CONFIG if exc.code == ILLEGAL_DATA_ADDRESS else QUALITY_BAD_DEVICE
-                self.stats.error("exception")
-                log.warning("%s: %s answered %s", self._where, req.describe(), exc)
-            except ReplyError as exc:
-                ts[req.columns] = time.time_ns()
-                quality[req.columns] = QUALITY_BAD_DECODE
-                self.stats.error("reply")
-                self._last_error = f"{req.describe()}: bad reply ({exc})"
-                failed = True
-            except LinkError as exc:
-                ts[req.columns] = time.time_ns()
-                self.stats.error(exc.kind)
-                self._last_error = str(exc)
-                failed = True
-        if failed:
-            self.stats.poll_errors += 1
-            self._link.close()
-            self.stats.connected = False
-            level = logging.WARNING if not self._backoff_pending else logging.DEBUG
-            self._backoff_pending = True
-            log.log(level, "%s: connection dropped: %s", self._where, self._last_error)
-        self.sink(batch)
+    def _fail(self, reason: str) -> None:
+        delay = self._backoff.next_delay_s()
+        self._retry_at = time.monotonic() + delay
+        level = logging.WARNING if self._backoff.attempt == 1 else logging.DEBUG
+        log.log(level, "%s: %s; retrying in %.1fs", self._where, reason, delay)
+        self._failing = True
+        self._last_error = reason
 
     def _answered(self) -> None:
-        if self._backoff_pending:
+        if self._failing:
             if self._backoff.attempt > 1:
                 log.info("%s: answering again after %d attempts", self._where, self._backoff.attempt)
-            self._backoff_pending = False
+            self._failing = False
             self._backoff.reset()
+            self._retry_at = 0.0
+
+    # --- one poll ------------------------------------------------------------------------------
+
+    async def _poll(self, gi: int) -> None:
+        group = self.groups[gi]
+        k = len(group.columns)
+        batch = ModbusBatch.empty(self.device.name, 1, k, None if self._all_columns else group.columns)
+        row = _Row(batch)
+        self.stats.polls += 1
+        plan = list(self._plans[gi])
+        failure: LinkError | None = None
+        if self.device.max_inflight == 1:
+            for i, req in enumerate(plan):
+                if failure is not None:
+                    row.stamp(req)  # columns stay BAD_COMM: the device is not answering this poll
+                    continue
+                try:
+                    await self._request(gi, req, row, self._pause_s if i else 0.0)
+                except _LinkFailed as exc:
+                    failure = exc.args[0]
+        else:
+            sem = asyncio.Semaphore(self.device.max_inflight)
+            failures: list[LinkError] = []
+
+            async def one(req: ReadRequest) -> None:
+                async with sem:
+                    if failures:
+                        row.stamp(req)
+                        return
+                    try:
+                        await self._request(gi, req, row, self._pause_s)
+                    except _LinkFailed as exc:
+                        failures.append(exc.args[0])
+
+            await asyncio.gather(*(one(r) for r in plan))
+            failure = failures[0] if failures else None
+        if group.scale is not None:
+            np.multiply(batch.values, group.scale, out=batch.values)
+            np.add(batch.values, group.offset, out=batch.values)
+        if failure is not None:
+            self.stats.poll_errors += 1
+            assert self.bus is not None
+            dropped = not self.bus.connected
+            self.stats.connected = self.bus.connected
+            what = "connection dropped" if dropped else "no answer"
+            if not self._failing:
+                log.warning("%s: %s: %s", self._where, what, failure)
+            self._fail(str(failure))
+        elif self.device.close_after_poll and self.bus is not None and self.bus.idle():
+            self.bus.close("close_after_poll")
+            self.stats.connected = False
+        self.sink(batch)
+
+    async def _request(self, gi: int, req: ReadRequest, row: _Row, pause_s: float) -> None:
+        """Send one request (with retries) and fill its columns; raises _LinkFailed to end the poll."""
+        assert self.bus is not None
+        wire = Read(req.unit, req.function, req.start, req.count)
+        last: Exception | None = None
+        for attempt in range(self.device.retries + 1):
+            if attempt:
+                self.stats.retries += 1
+            self.stats.requests += 1
+            try:
+                data = await self.bus.read(wire, self._timeout_s, self.stats.error, pause_s)
+            except RequestTimeout as exc:
+                self.stats.error("timeout")
+                last = exc
+                if exc.closed:
+                    break
+                continue
+            except ReplyError as exc:
+                self.stats.error(exc.kind)
+                last = exc
+                continue
+            except DeviceException as exc:
+                row.stamp(req)
+                self._answered()
+                await self._exception(gi, req, row, exc)
+                return
+            except LinkError as exc:
+                self.stats.error(exc.kind)
+                row.stamp(req)
+                raise _LinkFailed(exc) from None
+            row.stamp(req)
+            self._answered()
+            if req.register_reply:
+                decode_registers(req, data, row.values, row.text)
+            else:
+                decode_bits(req, data, row.values)
+            row.quality[req.columns] = QUALITY_GOOD
+            if self._troubled:  # rare: only after a request or tag went bad, so no per-tag work per poll
+                self._recovered(req)
+            return
+        row.stamp(req)
+        if isinstance(last, ReplyError):
+            # An answer arrived, just not one we can trust: only this request's tags are bad.
+            row.quality[req.columns] = QUALITY_BAD_DECODE
+            self._troubled = True
+            self._states.report(f"request {req.table}:{req.start}", f"reply:{last.kind}", logging.WARNING,
+                                "%s: bad reply (%s)", req.describe(), last)
+            return
+        assert isinstance(last, LinkError)
+        raise _LinkFailed(last)
+
+    def _recovered(self, req: ReadRequest) -> None:
+        self._states.report(f"request {req.table}:{req.start}", "ok", logging.INFO, "%s answers again",
+                            req.describe())
+        for name in req.tag_names:
+            if name in self.stats.bad_tags:
+                self.stats.bad_tags.discard(name)
+                self._states.report(f"tag {name}", "ok", logging.INFO, "tag %s is readable again", name)
+
+    async def _exception(self, gi: int, req: ReadRequest, row: _Row, exc: DeviceException) -> None:
+        self.stats.error("exception")
+        if exc.code == ILLEGAL_DATA_ADDRESS and len(req.tag_names) > 1:
+            # A merged read crossed an address the device does not have: halve it until the tags that
+            # are readable are read without the hole and the offending tag is alone.
+            a, b = split_request(self.device, self.groups[gi], req)
+            plan = self._plans[gi]
+            if req in plan:
+                i = next(i for i, r in enumerate(plan) if r is req)
+                plan[i : i + 1] = [a, b]
+            self.stats.splits += 1
+            log.info("%s: %s answered %s; split into %s and %s", self._where, req.describe(), exc,
+                     a.describe(), b.describe())
+            await self._request(gi, a, row, self._pause_s)
+            await self._request(gi, b, row, self._pause_s)
+            return
+        self._troubled = True
+        if exc.code == ILLEGAL_DATA_ADDRESS:
+            self.stats.error("illegal_address")
+            row.quality[req.columns] = QUALITY_BAD_CONFIG
+            name = req.tag_names[0]
+            tag = next(t for t in self.device.tags if t.name == name)
+            if name not in self.stats.bad_tags:
+                self.stats.bad_tags.add(name)
+                self._states.report(
+                    f"tag {name}", "illegal", logging.WARNING,
+                    "tag %s at %s: the device has no such address (exception 2); marked bad (0x83), "
+                    "polling the other tags", name, tag.address)
+            return
+        row.quality[req.columns] = QUALITY_BAD_DEVICE
+        self._states.report(f"request {req.table}:{req.start}", f"exception {exc.code}", logging.WARNING,
+                            "%s answered %s", req.describe(), exc)
+
+
+class _Row:
+    """Views of a one-row batch: what a request writes into."""
+
+    __slots__ = ("quality", "text", "ts", "values")
+
+    def __init__(self, batch: ModbusBatch):
+        self.ts, self.values, self.quality = batch.ts[0], batch.values[0], batch.quality[0]
+        self.text = batch.text
+
+    def stamp(self, req: ReadRequest) -> None:
+        self.ts[req.columns] = time.time_ns()  # stamped when the answer arrives, not when converted
 
 
 async def _sleep_until(deadline_ns: int) -> None:
     delay = (deadline_ns - time.monotonic_ns()) / 1e9
     if delay > 0:
         await asyncio.sleep(delay)
-
-
