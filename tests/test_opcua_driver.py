@@ -1,0 +1,305 @@
+"""The OPC UA driver against the OPC UA simulator on a real socket: both modes, exact values and
+source timestamps, status codes to quality, chunked Reads, dropped sessions, wrong passwords."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from asyncua import ua
+
+from drivers.opcua.config import OpcUaDevice
+from drivers.opcua.driver import OpcUaDriver
+from drivers.opcua.quality import QUALITY_UNCERTAIN_LAST_USABLE
+from edge_agent.samples import QUALITY_BAD_COMM, QUALITY_BAD_CONFIG, QUALITY_BAD_DEVICE, QUALITY_GOOD, Batch
+from simulators.opcua.server import NAMESPACE_URI, OpcUaSimServer
+from simulators.plant import DEFAULT_TICK_NS, PLANT, point, value_at_tick
+from tests.conftest import async_wait_for
+
+SEED = 3
+TICK = DEFAULT_TICK_NS
+
+
+def plant_tags(by_path: tuple[str, ...] = ()) -> list[dict]:
+    """Every plant point as one tag; names in `by_path` are addressed by browse path instead of NodeId."""
+    tags = []
+    for p in PLANT:
+        tag = {"name": f"{p.device}.{p.name}", "type": p.type}
+        if p.name in by_path:
+            tag["path"] = f"/Objects/plant:Plant/plant:{p.device}/plant:{p.name}"
+        else:
+            tag["node"] = f"ns=plant;s={p.device}.{p.name}"
+        tags.append(tag)
+    return tags
+
+
+def device(endpoint: str, tags: list[dict], **kw: object) -> OpcUaDevice:
+    return OpcUaDevice.model_validate({
+        "name": "plant", "protocol": "opcua", "endpoint": endpoint, "poll_interval": "100ms",
+        "namespaces": {"plant": NAMESPACE_URI}, "timeout": "1s", "keepalive": "1s",
+        "reconnect_min": "50ms", "reconnect_max": "300ms", "tags": tags, **kw,
+    })
+
+
+class Collector:
+    """The sink: keeps every batch, and the latest (ts, value, quality, time received) of every tag.
+
+    Recovery is judged by when a sample arrived, not by its source timestamp: a value that has not
+    changed since before an outage rightly keeps its old source timestamp when it is sent again."""
+
+    def __init__(self, k: int):
+        self.batches: list[Batch] = []
+        self.latest: dict[int, tuple[int, float, int, int]] = {}
+        self.k = k
+
+    def __call__(self, batch: Batch) -> None:
+        self.batches.append(batch)
+        cols = batch.columns if batch.columns is not None else np.arange(self.k)
+        now = time.time_ns()
+        for c, j in enumerate(cols):
+            self.latest[int(j)] = (int(batch.ts[-1, c]), float(batch.values[-1, c]), int(batch.quality[-1, c]), now)
+
+    def samples(self) -> list[tuple[int, int, float, int]]:
+        """(tag index, ts, value, quality) of every sample received."""
+        out = []
+        for b in self.batches:
+            cols = b.columns if b.columns is not None else np.arange(self.k)
+            for i in range(b.rows):
+                for c, j in enumerate(cols):
+                    out.append((int(j), int(b.ts[i, c]), float(b.values[i, c]), int(b.quality[i, c])))
+        return out
+
+    def all_good_since(self, t_ns: int, cols: range | list[int] | None = None) -> bool:
+        cols = range(self.k) if cols is None else cols
+        return all(j in self.latest and self.latest[j][3] >= t_ns and self.latest[j][2] == QUALITY_GOOD
+                   for j in cols)
+
+
+async def running(drv: OpcUaDriver) -> asyncio.Task[None]:
+    return asyncio.create_task(drv.run())
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.fixture
+async def sim():
+    server = OpcUaSimServer(seed=SEED, extra_namespaces=1, max_nodes_per_read=5)
+    await server.start("127.0.0.1", 0)
+    yield server
+    await server.stop()
+
+
+def assert_exact(samples: list[tuple[int, int, float, int]], names: list[str]) -> int:
+    """Each good sample is exactly the simulator's value for the tick its source timestamp names."""
+    checked = 0
+    for j, ts, v, q in samples:
+        assert q == QUALITY_GOOD, (names[j], hex(q))
+        assert ts % TICK == 0, f"{names[j]}: {ts} is not a tick start: not the source timestamp"
+        dev, name = names[j].split(".")
+        expected = value_at_tick(point(dev, name), ts // TICK, SEED)
+        assert v == expected, (names[j], ts, v, expected)
+        checked += 1
+    return checked
+
+
+async def test_subscription_delivers_exact_values_with_source_timestamps_in_bounded_batches(sim):
+    tags = plant_tags(by_path=("pressure", "door_closed"))
+    dev = device(sim.endpoint, tags, publishing_interval="200ms")
+    got = Collector(len(tags))
+    drv = OpcUaDriver(dev, got)
+    task = await running(drv)
+    t0 = time.monotonic()
+    try:
+        await async_wait_for(lambda: drv.notifications >= 100, 15, "100 notifications")
+    finally:
+        await stop(task)
+    elapsed = time.monotonic() - t0
+    names = [t["name"] for t in tags]
+    assert assert_exact(got.samples(), names) >= 100
+    assert set(got.latest) == set(range(len(tags))), "every tag gets its initial value"
+    # Notifications were accumulated: at most about one batch per publishing interval, not one per item.
+    assert drv.batches_out <= elapsed / 0.2 * 2 + 4, (drv.batches_out, drv.notifications, elapsed)
+    assert drv.notifications > 2 * drv.batches_out
+    assert any(b.columns is not None and len(b.columns) < len(tags) for b in got.batches), "subsets of changed tags"
+    assert any(b.rows > 1 for b in got.batches), "a 100 ms tag sampled twice per 200 ms publish gives 2 rows"
+    assert drv.stats.connects == 1 and not drv.stats.errors_by_kind
+
+
+async def test_poll_is_chunked_to_the_servers_max_nodes_per_read(sim):
+    tags = plant_tags(by_path=("flow_actual",))
+    dev = device(sim.endpoint, tags, mode="poll")
+    got = Collector(len(tags))
+    drv = OpcUaDriver(dev, got)
+    task = await running(drv)
+    try:
+        await async_wait_for(lambda: drv.stats.polls >= 10, 15, "10 polls")
+    finally:
+        await stop(task)
+    assert sim.reads["refused"] == 0, "a Read over MaxNodesPerRead was sent"
+    polls = len(got.batches)
+    # 16 nodes with MaxNodesPerRead = 5: 4 Reads per tick (the last one may be in flight at cancel).
+    assert 4 * polls <= sim.reads["calls"] <= 4 * polls + 4 + 4, (polls, dict(sim.reads))
+    assert all(b.columns is None and b.rows == 1 for b in got.batches)
+    assert assert_exact(got.samples(), [t["name"] for t in tags]) == polls * len(tags)
+
+
+@pytest.mark.parametrize("mode", ["subscribe", "poll"])
+async def test_status_codes_map_to_quality_and_the_full_code_is_kept(sim, mode):
+    sim.set_status("boiler.pressure", ua.StatusCodes.BadSensorFailure)
+    sim.set_status("boiler.temp_return", ua.StatusCodes.UncertainLastUsableValue)
+    tags = [
+        {"name": "pressure", "node": "ns=plant;s=boiler.pressure", "type": "float32"},
+        {"name": "temp_return", "node": "ns=plant;s=boiler.temp_return", "type": "float32"},
+        {"name": "temp_supply", "node": f"nsu={NAMESPACE_URI};s=boiler.temp_supply", "type": "float32"},
+        {"name": "missing", "node": "ns=plant;s=boiler.nope"},
+        {"name": "missing_path", "path": "/Objects/plant:Plant/plant:nowhere"},
+        {"name": "serial", "node": "ns=plant;s=Plant.serial"},
+    ]
+    got = Collector(len(tags))
+    drv = OpcUaDriver(device(sim.endpoint, tags, mode=mode), got)
+    task = await running(drv)
+    try:
+        await async_wait_for(lambda: len(got.latest) == len(tags), 10, "a sample of every tag")
+        await async_wait_for(lambda: sum(1 for s in got.samples() if s[0] == 1) >= 2, 10, "two uncertain samples")
+    finally:
+        await stop(task)
+    latest = got.latest
+    assert latest[0][2] == QUALITY_BAD_DEVICE and np.isnan(latest[0][1]), "bad: value is to be ignored"
+    assert latest[1][2] == QUALITY_UNCERTAIN_LAST_USABLE and not np.isnan(latest[1][1]), "uncertain keeps its value"
+    assert latest[2][2] == QUALITY_GOOD
+    assert latest[3][2] == QUALITY_BAD_CONFIG and latest[4][2] == QUALITY_BAD_CONFIG
+    assert latest[5][2] == QUALITY_BAD_CONFIG, "a String node is refused, not sampled"
+    assert drv.status[0] == ua.StatusCodes.BadSensorFailure
+    assert drv.status[1] == ua.StatusCodes.UncertainLastUsableValue
+    assert drv.status[3] == ua.StatusCodes.BadNodeIdUnknown
+    assert drv.status[5] == ua.StatusCodes.BadTypeMismatch
+    assert drv.stats.errors_by_kind["BadSensorFailure"] >= 1
+
+
+async def test_absolute_deadband_is_sent_to_the_server(sim):
+    tags = [
+        {"name": "pressure", "node": "ns=plant;s=boiler.pressure", "type": "float32",
+         "deadband_type": "absolute", "deadband": 0.5},
+        {"name": "temp_supply", "node": "ns=plant;s=boiler.temp_supply", "type": "float32"},
+    ]
+    got = Collector(len(tags))
+    drv = OpcUaDriver(device(sim.endpoint, tags), got)
+    task = await running(drv)
+    try:
+        await async_wait_for(lambda: sum(1 for s in got.samples() if s[0] == 1) >= 15, 10, "15 temp_supply samples")
+    finally:
+        await stop(task)
+    # Pressure moves ~0.005 bar per tick: inside a 0.5 deadband it reports its initial value only.
+    assert sum(1 for s in got.samples() if s[0] == 0) <= 2
+
+
+async def test_a_dropped_session_is_noticed_and_everything_is_recreated(sim):
+    tags = plant_tags()
+    got = Collector(len(tags))
+    drv = OpcUaDriver(device(sim.endpoint, tags, keepalive="1s"), got)
+    task = await running(drv)
+    try:
+        await async_wait_for(lambda: got.all_good_since(0), 10, "every tag good")
+        dropped_at = time.time_ns()
+        assert await sim.drop_sessions() == 1
+        # Noticed through the keepalive (probe answered BadSessionIdInvalid, or the silent subscription).
+        await async_wait_for(lambda: any((b.quality == QUALITY_BAD_COMM).all() and b.columns is None
+                                         for b in got.batches), 3, "a bad-comm row for every tag")
+        noticed = time.time_ns()
+        assert (noticed - dropped_at) / 1e9 < 2.5
+        await async_wait_for(lambda: got.all_good_since(noticed), 10, "every tag good again, after the drop")
+        # Initial values may reach the sink just before the connect is counted.
+        await async_wait_for(lambda: drv.stats.connects == 2, 2, "the reconnect to be counted")
+    finally:
+        await stop(task)
+
+
+async def test_wrong_password_is_one_clear_line_and_retried_with_backoff(tmp_path: Path, caplog):
+    server = OpcUaSimServer(seed=SEED, users={"operator": "s3cret-pw"})
+    await server.start("127.0.0.1", 0)
+    secret = tmp_path / "opcua.pass"
+    secret.write_text("wrong-pw\n")
+    tags = [{"name": "temp_supply", "node": "ns=plant;s=boiler.temp_supply", "type": "float32"}]
+    dev = device(server.endpoint, tags, username="operator", password_file=str(secret),
+                 reconnect_min="300ms", reconnect_max="300ms")
+    got = Collector(1)
+    drv = OpcUaDriver(dev, got)
+    caplog.set_level(logging.DEBUG, logger="edge_agent")
+    task = await running(drv)
+    try:
+        await async_wait_for(lambda: drv.stats.errors_by_kind.get("auth", 0) >= 1, 10, "a refused login")
+        t0 = time.monotonic()
+        await async_wait_for(lambda: drv.stats.errors_by_kind.get("auth", 0) >= 3, 10, "two more attempts")
+        assert time.monotonic() - t0 >= 2 * 0.3, "attempts not spaced by the backoff"
+        secret.write_text("s3cret-pw\n")  # read again at the next attempt: no restart needed
+        await async_wait_for(lambda: got.all_good_since(0), 10, "samples once the password is right")
+    finally:
+        await stop(task)
+        await server.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("edge_agent")]
+    refused = [x for x in lines if "rejected user 'operator'" in x]
+    assert refused and "BadUserAccessDenied" in refused[0] and str(secret) in refused[0], lines
+    assert next(r.levelno for r in caplog.records if "rejected user" in r.getMessage()) == logging.WARNING
+    assert not any("s3cret" in x or "wrong-pw" in x for x in lines), "a password was logged"
+    assert "\n" not in refused[0] and "Traceback" not in caplog.text
+
+
+async def test_namespace_index_is_resolved_from_the_uri_at_every_connect():
+    tags = [{"name": "speed", "node": "ns=plant;s=mixer.speed_rpm", "type": "uint16"}]
+    for extra in (0, 3):  # the same config against two servers whose plant namespace index differs
+        server = OpcUaSimServer(seed=SEED, extra_namespaces=extra)
+        await server.start("127.0.0.1", 0)
+        got = Collector(1)
+        drv = OpcUaDriver(device(server.endpoint, tags, mode="poll"), got)
+        task = await running(drv)
+        try:
+            await async_wait_for(lambda got=got: got.all_good_since(0), 10, f"a good sample with ns index {2 + extra}")
+        finally:
+            await stop(task)
+            await server.stop()
+        assert server.ns == 2 + extra
+
+
+
+
+async def test_one_device_can_subscribe_to_some_tags_and_poll_others(sim):
+    tags = plant_tags()
+    for j in (3, 9):  # burner_modulation and running are polled, the rest subscribed
+        tags[j]["mode"] = "poll"
+    got = Collector(len(tags))
+    drv = OpcUaDriver(device(sim.endpoint, tags, poll_interval="200ms", publishing_interval="100ms"), got)
+    task = await running(drv)
+    try:
+        await async_wait_for(lambda: drv.stats.polls >= 5 and got.all_good_since(0), 10, "polls and notifications")
+    finally:
+        await stop(task)
+    polled = [b for b in got.batches if b.columns is not None and list(b.columns) == [3, 9]]
+    assert len(polled) >= 5
+    subscribed = [b for b in got.batches if b.columns is None or not set(b.columns) & {3, 9}]
+    assert len(subscribed) + len(polled) == len(got.batches), "a poll row and notifications never share a batch"
+    assert assert_exact(got.samples(), [t["name"] for t in tags]) > 20
+
+
+async def test_clock_skew_is_tolerated_and_reported(caplog):
+    server = OpcUaSimServer(seed=SEED, clock_offset_ns=300 * 10**9)  # the server's clock runs 5 min ahead
+    await server.start("127.0.0.1", 0)
+    tags = [{"name": "boiler.temp_supply", "node": "ns=plant;s=boiler.temp_supply", "type": "float32"}]
+    got = Collector(1)
+    drv = OpcUaDriver(device(server.endpoint, tags), got)
+    caplog.set_level(logging.INFO, logger="edge_agent")
+    task = await running(drv)
+    try:
+        await async_wait_for(lambda: len(got.samples()) >= 5, 10, "samples from a server with a skewed clock")
+    finally:
+        await stop(task)
+        await server.stop()
+    assert abs(drv.clock_skew_ns - 300 * 10**9) < 2 * 10**9
+    assert any("server clock is 300" in r.getMessage() and "ahead" in r.getMessage() for r in caplog.records)
+    assert assert_exact(got.samples(), ["boiler.temp_supply"]) >= 5  # source timestamps used as sent
