@@ -115,3 +115,29 @@ async def test_first_poll_is_at_connect_not_one_interval_later(sim):
     finally:
         task.cancel()
     assert drv.stats.skipped_ticks == 0
+
+
+async def test_polls_pause_while_the_sink_is_not_accepting(sim):
+    class Gate:
+        accepting = True
+
+        def __init__(self) -> None:
+            self.rows: list[Batch] = []
+
+        def __call__(self, batch: Batch) -> None:
+            self.rows.append(batch)
+
+    gate = Gate()
+    drv = ModbusDriver(device(sim.port, PRESS_TAGS), gate)
+    task = asyncio.create_task(drv.run())
+    try:
+        await async_wait_for(lambda: len(gate.rows) >= 2, 10, "polls")
+        gate.accepting = False  # the spool is full under on_full = "block"
+        skipped, n = drv.stats.skipped_ticks, len(gate.rows)
+        await async_wait_for(lambda: drv.stats.skipped_ticks >= skipped + 5, 10, "skipped ticks")
+        assert len(gate.rows) <= n + 1  # at most the poll already under way
+        gate.accepting = True
+        await async_wait_for(lambda: len(gate.rows) >= n + 3, 10, "polls again")
+    finally:
+        task.cancel()
+    assert sum(drv.stats.latency_counts) >= len(gate.rows) - 1 and drv.stats.latency_sum > 0

@@ -123,7 +123,12 @@ class ModbusDriver:
                 self.stats.skipped_ticks += due - tick
                 tick = due
             await _sleep_until(start + tick * period)
-            await self._poll(gi)
+            if getattr(self.sink, "accepting", True):  # a plain callable is a sink that always accepts
+                t0 = time.monotonic()
+                await self._poll(gi)
+                self.stats.observe_latency(time.monotonic() - t0)
+            else:  # the spool is full under the block policy: read nothing that has nowhere to go
+                self.stats.skipped_ticks += 1
             # Next tick strictly in the future; missed ones are skipped and counted, not replayed.
             due = (time.monotonic_ns() - start) // period + 1
             if due > tick + 1:

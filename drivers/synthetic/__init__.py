@@ -39,7 +39,7 @@ class SyntheticDriver:
             if now_tick > tick:  # overrun: skip, never burst
                 self.stats.skipped_ticks += now_tick - tick
                 tick = now_tick
-            if not self.sink.accepting:
+            if not getattr(self.sink, "accepting", True):
                 self.stats.skipped_ticks += 1
             else:
                 b = Batch.empty(self.device.name, 1, self._k)
