@@ -237,7 +237,7 @@ def hampel_reference(values, quality, on, window, n_sigmas, min_sigma):
 def test_hampel(batch, data):
     ts, values, quality, on, cuts = batch
     k = values.shape[1]
-    window = data.draw(hnp.arrays(np.int64, (k,), elements=st.integers(3, 9)))
+    window = data.draw(hnp.arrays(np.int64, (k,), elements=st.one_of(st.integers(3, 9), st.sampled_from([16, 31, 32]))))
     n_sigmas = data.draw(hnp.arrays(np.float64, (k,), elements=st.sampled_from([1.0, 3.0])))
     min_sigma = data.draw(hnp.arrays(np.float64, (k,), elements=st.sampled_from([0.0, 0.0, 0.2])))
     wmax = int(window.max())

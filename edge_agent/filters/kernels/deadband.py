@@ -5,6 +5,10 @@ The band is max(absolute, percent/100 x |last reported value|). Measured from th
 the previous sample, so a slow creep in small steps is still reported once it adds up to the band.
 A sample that turns unusable (bad quality, NaN, Inf) is reported once, when it turns, and the next
 usable one is always reported: the consumer must see the sensor die and come back.
+
+Speed: written without branches (every case computed, the right one kept by selects) over tiles of
+TILE tags with all rows of the batch per tile, so the loop over tags compiles to SIMD code and a
+tile's parameters and state stay in L1 across the rows.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import numpy as np
 from numba import njit
 
 NONE, GOOD, BAD = 0, 1, 2  # what the last report was
+TILE = 256  # tags per tile: parameters and state of a tile fit in a 32 KB L1 data cache
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -24,31 +29,31 @@ def deadband_kernel(
     """Sets `bit` on the samples to report; returns how many. max_silence_ns 0 = never forced."""
     n, k = values.shape
     reported = 0
-    for i in range(n):
-        for j in range(k):
-            if on[j] == 0:
-                continue
-            v = values[i, j]
-            t = ts[i, j]
-            st = last_state[j]
-            silent = max_silence_ns[j] > 0 and st != 0 and t - last_t[j] >= max_silence_ns[j]
-            if (quality[i, j] & 0x80) != 0 or not np.isfinite(v):
-                report = st != 2 or silent
-                if report:
-                    last_state[j] = 2
-                    last_t[j] = t
-            else:
-                if st != 1:
-                    report = True
-                else:
-                    lv = last_v[j]
-                    band = max(band_abs[j], band_pct[j] * abs(lv) / 100.0)
-                    report = abs(v - lv) > band or silent
-                if report:
-                    last_state[j] = 1
-                    last_v[j] = v
-                    last_t[j] = t
-            if report:
-                flags[i, j] |= bit
-                reported += 1
+    for tile in range((k + TILE - 1) // TILE):
+        j0 = tile * TILE
+        w = min(TILE, k - j0)
+        for i in range(n):
+            ti, vi, qi, fi = ts[i], values[i], quality[i], flags[i]
+            for jj in range(w):
+                j = j0 + jj
+                v = vi[j]
+                t = ti[j]
+                st = last_state[j]
+                lv = last_v[j]
+                lt = last_t[j]
+                good = ((qi[j] & 0x80) == 0) & np.isfinite(v)
+                silent = (max_silence_ns[j] > 0) & (st != NONE) & (t - lt >= max_silence_ns[j])
+                pct = band_pct[j] * abs(lv) / 100.0
+                band = pct if pct > band_abs[j] else band_abs[j]
+                moved = abs(v - lv) > band
+                report_good = (st != GOOD) | moved | silent
+                report_bad = (st != BAD) | silent
+                report = (on[j] != 0) & (report_good if good else report_bad)
+                # Arithmetic, not a select: a select on this byte array became a masked byte store
+                # that ran the whole loop at 1.6 ns per sample instead of 0.85.
+                last_state[j] = st + np.uint8(report) * ((np.uint8(BAD) - np.uint8(good)) - st)
+                last_v[j] = v if report & good else lv
+                last_t[j] = t if report else lt
+                fi[j] |= np.uint32(report) * bit
+                reported += report
     return reported

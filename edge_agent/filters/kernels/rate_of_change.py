@@ -5,12 +5,18 @@ The rate is taken against the previous *usable* sample (good or uncertain qualit
 bad-comm gap or a NaN never becomes a reference; after a gap the change is spread over the whole gap,
 which is what the process really did. A timestamp that does not advance (duplicate or a clock step
 backwards) cannot give a rate: the sample is not judged but becomes the new reference.
+
+Speed: tags are walked in tiles of TILE with all rows of the batch per tile, so a tile's parameters and
+state stay in L1 across rows; the two divisions per sample (the time step in seconds, then the rate)
+are what is left.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+TILE = 256  # tags per tile: parameters and state of a tile fit in a 32 KB L1 data cache
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -26,20 +32,26 @@ def rate_of_change_kernel(
     """
     n, k = values.shape
     fired = 0
-    for i in range(n):
-        for j in range(k):  # branch-free, so the loop over tags vectorises
-            v = values[i, j]
-            t = ts[i, j]
-            use = (on[j] != 0) & ((quality[i, j] & 0x80) == 0) & np.isfinite(v)
-            known = has_last[j] != 0
-            dt = t - last_t[j]
-            judged = use & known & (dt > 0)
-            rate = abs(v - last_v[j]) / (dt / 1e9)
-            fire = judged & (rate > max_rate[j])
-            fired += fire
-            flags[i, j] |= np.uint32(fire) * bit | np.uint32(use & ~known) * warm_bit
-            scores[i, j] = rate if judged else np.nan
-            last_v[j] = v if use else last_v[j]
-            last_t[j] = t if use else last_t[j]
-            has_last[j] = 1 if use else has_last[j]
+    for tile in range((k + TILE - 1) // TILE):
+        j0 = tile * TILE
+        w = min(TILE, k - j0)
+        for i in range(n):
+            # Row views, a tile index from 0 and a branch-free body: the form LLVM vectorises.
+            ti, vi, qi, fi, si = ts[i], values[i], quality[i], flags[i], scores[i]
+            for jj in range(w):
+                j = j0 + jj
+                v = vi[j]
+                t = ti[j]
+                use = (on[j] != 0) & ((qi[j] & 0x80) == 0) & np.isfinite(v)
+                known = has_last[j] != 0
+                dt = t - last_t[j]
+                judged = use & known & (dt > 0)
+                rate = abs(v - last_v[j]) / (dt / 1e9)
+                fire = judged & (rate > max_rate[j])
+                fired += fire
+                fi[j] |= np.uint32(fire) * bit | np.uint32(use & ~known) * warm_bit
+                si[j] = rate if judged else np.nan
+                last_v[j] = v if use else last_v[j]
+                last_t[j] = t if use else last_t[j]
+                has_last[j] = 1 if use else has_last[j]
     return fired
