@@ -1,4 +1,4 @@
-"""The demo's built-in config: the simulated plant, read the way examples/plant.toml reads it."""
+"""The demo's built-in config: the classic plant and the tank over Modbus, the kiln over OPC UA."""
 
 from __future__ import annotations
 
@@ -34,6 +34,37 @@ hi = 3.1
 [filters.motor_overload]
 kind = "limits"
 hi = 2600
+
+# Tuned on the simulators' injected anomalies with `edge-agent replay` (see docs/filters.md).
+[filters.level_spikes]
+kind = "hampel"
+window = 31
+n_sigmas = 6.0
+min_sigma = 0.05
+
+[filters.level_stuck]
+kind = "flatline"
+samples = 30
+
+[filters.level_shift]
+kind = "ewma_zscore"
+alpha = 0.02
+threshold = 6.0
+warmup = 50
+min_sigma = 0.02
+
+[filters.kiln_spikes]
+kind = "hampel"
+window = 31
+n_sigmas = 6.0
+min_sigma = 1.0
+
+[filters.kiln_shift]
+kind = "ewma_zscore"
+alpha = 0.02
+threshold = 6.0
+warmup = 50
+min_sigma = 0.5
 
 [[devices]]
 name = "boiler"
@@ -102,4 +133,42 @@ type = "float32"
 name = "speed_rpm"
 address = "hr:6"
 type = "uint16"
+
+[[devices]]
+name = "tank"
+protocol = "modbus"
+endpoint = "tcp://127.0.0.1:{modbus_port}"
+unit = 4
+poll_interval = "100ms"
+[[devices.tags]]
+name = "level"
+address = "hr:0"
+type = "float32"
+filters = ["level_spikes", "level_stuck", "level_shift"]
+[[devices.tags]]
+name = "inlet_temp"
+address = "hr:2"
+type = "float32"
+[[devices.tags]]
+name = "pump_on"
+address = "coil:0"
+type = "bool"
+
+[[devices]]
+name = "kiln"
+protocol = "opcua"
+endpoint = "opc.tcp://127.0.0.1:{opcua_port}/edge-agent/plant"
+mode = "subscribe"
+sampling_interval = "100ms"
+publishing_interval = "500ms"
+namespaces = {{ plant = "urn:edge-agent:plant-sim" }}
+[[devices.tags]]
+name = "zone_temp"
+node = "ns=plant;s=kiln.zone_temp"
+type = "float32"
+filters = ["kiln_spikes", "kiln_shift"]
+[[devices.tags]]
+name = "fan_speed"
+node = "ns=plant;s=kiln.fan_speed"
+type = "float32"
 """

@@ -22,11 +22,17 @@ from edge_agent.demo.config import DEMO_TOML
 from edge_agent.demo.consumer import Consumer
 from edge_agent.demo.link import Link
 from edge_agent.demo.view import Snapshot, View
+from simulators.plant import anomaly_labels
 
 if TYPE_CHECKING:
     from edge_agent.agent import Agent
 
 OUTAGE_S = 5.0
+SEED = 7
+PROFILE = Path(__file__).with_name("plant.toml")
+# The points the demo config watches with anomaly filters; anomalies injected elsewhere are not scored.
+WATCHED = {("tank", "level"), ("kiln", "zone_temp")}
+GRACE_NS = 2_000_000_000  # a detection up to 2 s after an anomaly's window still counts
 
 
 def _free_port() -> int:
@@ -55,11 +61,16 @@ async def _embedded_broker() -> tuple[object, int]:
 async def run_demo(duration: float, broker_url: str | None, plain: bool | None = None) -> int:
     from edge_agent.agent import Agent  # late: imports numba, after NUMBA_CACHE_DIR is set
     from simulators.modbus.server import ModbusSimServer
+    from simulators.opcua.server import OpcUaSimServer
+    from simulators.plant import DEFAULT_TICK_NS, PLANT, load_profile
 
     with tempfile.TemporaryDirectory(prefix="edge-agent-demo-") as tmp:
         _log_to(Path(tmp) / "demo.log")
-        sim = ModbusSimServer(seed=7)
+        profile = load_profile(PROFILE)
+        sim = ModbusSimServer(seed=SEED, points=(*PLANT, *profile))
         await sim.start("127.0.0.1", 0)
+        opcua = OpcUaSimServer(seed=SEED, points=profile)
+        await opcua.start("127.0.0.1", 0)
         broker = None
         if broker_url:
             parts = urlsplit(broker_url)
@@ -71,7 +82,7 @@ async def run_demo(duration: float, broker_url: str | None, plain: bool | None =
         await link.start()
         config = Path(tmp) / "demo.toml"
         config.write_text(DEMO_TOML.format(state_dir=Path(tmp) / "state", broker_url=f"mqtt://127.0.0.1:{link.port}",
-                                           protocol=protocol, modbus_port=sim.port))
+                                           protocol=protocol, modbus_port=sim.port, opcua_port=opcua.port))
         cfg = load_config(config)
         agent = Agent(cfg)
         consumer = Consumer(host, port)
@@ -80,7 +91,7 @@ async def run_demo(duration: float, broker_url: str | None, plain: bool | None =
         agent_task = asyncio.create_task(agent.run(stop, ready))
         await ready.wait()
         view = View(plain)
-        t0 = time.monotonic()
+        t0, first_tick = time.monotonic(), time.time_ns() // DEFAULT_TICK_NS
         outage_at, outage_end = duration / 2, duration / 2 + OUTAGE_S
         peak_spool, drained_in = 0, None
         phase = "polling and publishing"
@@ -124,8 +135,11 @@ async def run_demo(duration: float, broker_url: str | None, plain: bool | None =
                     await task
             await link.down()
             await sim.stop()
+            await opcua.stop()
             if broker is not None:
                 await broker.shutdown()  # type: ignore[attr-defined]
+        injected = anomaly_labels(profile, SEED, first_tick, time.time_ns() // DEFAULT_TICK_NS)
+        found = score(injected, consumer.flagged_samples, WATCHED)
         polled = agent.counters.points_in
         lost = polled - consumer.points - left
         lines = [
@@ -138,10 +152,36 @@ async def run_demo(duration: float, broker_url: str | None, plain: bool | None =
             f"outage: spool peaked at {peak_spool} frames, drained in "
             + (f"{drained_in:.1f} s" if drained_in is not None else "(not within the run)"),
             f"wire: {consumer.bytes / max(consumer.points, 1):.2f} bytes/point",
-            f"anomalies: {consumer.flagged} samples flagged by the filters",
+            f"anomalies: {consumer.flagged} samples flagged; found {sum(found.values())} of {len(found)} injected "
+            f"({_by_kind(found)})",
         ]
         view.summary(lines)
         return 0 if lost == 0 else 1
+
+
+def score(labels: list[dict], flagged: list[tuple[str, str, int]],
+          watched: set[tuple[str, str]]) -> dict[tuple[str, int], bool]:
+    """Each injected anomaly on a watched point: was any sample of that point flagged inside its window?"""
+    by_tag: dict[tuple[str, str], list[int]] = {}
+    for device, tag, ts in flagged:
+        by_tag.setdefault((device, tag), []).append(ts)
+    out = {}
+    for lab in labels:
+        key = (lab["device"], lab["point"])
+        if key not in watched:
+            continue
+        hits = by_tag.get(key, [])
+        out[(lab["kind"], lab["start_ns"])] = any(lab["start_ns"] <= t <= lab["end_ns"] + GRACE_NS for t in hits)
+    return out
+
+
+def _by_kind(found: dict[tuple[str, int], bool]) -> str:
+    kinds: dict[str, list[int]] = {}
+    for (kind, _), hit in found.items():
+        kinds.setdefault(kind, [0, 0])
+        kinds[kind][0] += hit
+        kinds[kind][1] += 1
+    return ", ".join(f"{k} {h}/{n}" for k, (h, n) in sorted(kinds.items())) or "none in this run"
 
 
 def _log_to(path: Path) -> None:
