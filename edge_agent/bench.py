@@ -91,7 +91,8 @@ async def _pipeline(rows: list[Batch], tags: int, spool: Spool, max_points: int)
         filters.process(b)
         batcher.add(b)
     batcher.close()
-    return spool.depth().bytes, spool.last_seq()
+    depth = spool.depth()
+    return depth.bytes, depth.frames
 
 
 def _json_baseline(rows: list[Batch]) -> int:

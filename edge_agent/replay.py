@@ -124,7 +124,7 @@ def run_replay(cfg: Config, csv_in: Path, csv_out: Path, *, events_out: Path | N
         except OSError as exc:
             raise ReplayError(f"{exc.filename}: cannot write: {exc.strerror or exc}", EX_CANTCREAT) from None
         with out, (ev_fh or _Null()):
-            writer = csv.writer(out)
+            writer = csv.writer(out, lineterminator="\n")
             writer.writerow(_out_header(header, devices))
             size = max(csv_in.stat().st_size, 1)
             show = sys.stderr.isatty() if progress is None else progress
