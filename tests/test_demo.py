@@ -29,3 +29,14 @@ def test_demo_runs_plain_and_loses_nothing_through_the_outage():
     # The simulators inject an anomaly every 10 s on each watched point; the first seconds are the
     # filters' warm-up, so the floor (measured: 8 of 8 in 40 s; 6 of 6 and 6 of 7 in 30 s) allows one miss.
     assert injected >= 3 and found >= injected - 1, (found, injected)
+    faults = re.search(r"^faults injected: (\d+) Modbus exception replies, (\d+) short replies, 1 OPC UA session", out,
+                       re.M)
+    assert faults and int(faults.group(1)) + int(faults.group(2)) > 0, "the simulators' faults were injected"
+
+
+def test_demo_against_a_real_broker(broker):
+    proc = subprocess.run([sys.executable, "-m", "edge_agent.cli", "demo", "--duration", "16",
+                           "--broker", f"mqtt://127.0.0.1:{broker}"],
+                          capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"^points lost: +0$", proc.stdout, re.M)

@@ -38,6 +38,7 @@ class Consumer:
     flagged_samples: list[tuple[str, str, int]] = field(default_factory=list)  # (device, tag, ts), for scoring
     events: list[dict] = field(default_factory=list)
     duplicates: int = 0
+    bad: int = 0  # samples whose quality says bad (a fault at the PLC), counted, never dropped
     connected: bool = False
     deduper: Deduper = field(default_factory=Deduper)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)  # set on every frame
@@ -72,6 +73,7 @@ class Consumer:
         self.arrived.set()
         for b in frame.blocks:
             self.points += b.points
+            self.bad += int((b.quality >= 0x80).sum())
             self.points_by_device[b.device] = self.points_by_device.get(b.device, 0) + b.points
             fired = b.flags != 0
             if fired.any():

@@ -60,6 +60,7 @@ async def _embedded_broker() -> tuple[object, int]:
 
 async def run_demo(duration: float, broker_url: str | None, plain: bool | None = None) -> int:
     from edge_agent.agent import Agent  # late: imports numba, after NUMBA_CACHE_DIR is set
+    from simulators.modbus.faults import Faults
     from simulators.modbus.server import ModbusSimServer
     from simulators.opcua.server import OpcUaSimServer
     from simulators.plant import DEFAULT_TICK_NS, PLANT, load_profile
@@ -67,7 +68,10 @@ async def run_demo(duration: float, broker_url: str | None, plain: bool | None =
     with tempfile.TemporaryDirectory(prefix="edge-agent-demo-") as tmp:
         _log_to(Path(tmp) / "demo.log")
         profile = load_profile(PROFILE)
-        sim = ModbusSimServer(seed=SEED, points=(*PLANT, *profile))
+        # Real PLCs misbehave: now and then an exception reply or a short reply, which the driver must
+        # mark bad (quality) and retry, never turn into a wrong value.
+        faults = Faults(exception_rate=0.005, short_rate=0.005, seed=SEED)
+        sim = ModbusSimServer(seed=SEED, points=(*PLANT, *profile), faults=faults)
         await sim.start("127.0.0.1", 0)
         opcua = OpcUaSimServer(seed=SEED, points=profile)
         await opcua.start("127.0.0.1", 0)
@@ -93,6 +97,7 @@ async def run_demo(duration: float, broker_url: str | None, plain: bool | None =
         view = View(plain)
         t0, first_tick = time.monotonic(), time.time_ns() // DEFAULT_TICK_NS
         outage_at, outage_end = duration / 2, duration / 2 + OUTAGE_S
+        session_drop_at, sessions_dropped = duration / 4, 0
         peak_spool, drained_in = 0, None
         phase = "polling and publishing"
         last = (0.0, 0, 0, 0)  # time, points, frames, bytes
@@ -100,6 +105,9 @@ async def run_demo(duration: float, broker_url: str | None, plain: bool | None =
         try:
             with view:
                 while (elapsed := time.monotonic() - t0) < duration:
+                    if not sessions_dropped and elapsed >= session_drop_at:
+                        sessions_dropped = await opcua.drop_sessions()  # the OPC UA server drops its clients
+                        phase = "OPC UA server dropped its sessions"
                     if link.up and outage_at <= elapsed < outage_end:
                         await link.down()
                         phase = f"broker unreachable for {OUTAGE_S:.0f} s"
@@ -152,6 +160,9 @@ async def run_demo(duration: float, broker_url: str | None, plain: bool | None =
             f"outage: spool peaked at {peak_spool} frames, drained in "
             + (f"{drained_in:.1f} s" if drained_in is not None else "(not within the run)"),
             f"wire: {consumer.bytes / max(consumer.points, 1):.2f} bytes/point",
+            f"faults injected: {faults.injected['exception']} Modbus exception replies, {faults.injected['short']} "
+            f"short replies, {sessions_dropped} OPC UA session(s) dropped; {consumer.bad:,} samples "
+            "arrived with a bad quality code instead of a value",
             f"anomalies: {consumer.flagged} samples flagged; found {sum(found.values())} of {len(found)} injected "
             f"({_by_kind(found)})",
         ]
