@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
 from drivers.opcua.address import BrowsePath, NodeAddress, aliases_used, parse_browse_path, parse_node_id
 from edge_agent.config.models import DeviceBase, Name, TagBase
 from edge_agent.config.units import MillisDuration, PositiveDuration
+from edge_agent.config.urls import check_endpoint
 
 Mode = Literal["subscribe", "poll"]
 DeadbandType = Literal["none", "absolute", "percent"]
@@ -30,22 +30,7 @@ ENDPOINT_HINT = "opc.tcp://HOST[:PORT][/PATH], port default 4840"
 
 
 def check_opcua_endpoint(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme != "opc.tcp":
-        raise ValueError(f"{url!r}: use {ENDPOINT_HINT}")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(f"{url!r}: credentials do not belong in the URL (use username and password_file)")
-    if not parts.hostname:
-        raise ValueError(f"{url!r} has no host")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"{url!r}: the port must be a number from 1 to 65535") from None
-    if port == 0:
-        raise ValueError(f"{url!r}: the port must be a number from 1 to 65535")
-    if parts.query or parts.fragment:
-        raise ValueError(f"{url!r}: unexpected query or fragment; use {ENDPOINT_HINT}")
-    return url
+    return check_endpoint(url, ("opc.tcp",), ENDPOINT_HINT, allow_path=True)
 
 
 class OpcUaTag(TagBase):
