@@ -145,7 +145,9 @@ async def test_poll_is_chunked_to_the_servers_max_nodes_per_read(sim):
     assert sim.reads["refused"] == 0, "a Read over MaxNodesPerRead was sent"
     polls = len(got.batches)
     # 16 nodes with MaxNodesPerRead = 5: 4 Reads per tick (the last one may be in flight at cancel).
-    assert 4 * polls <= sim.reads["calls"] <= 4 * polls + 4 + 4, (polls, dict(sim.reads))
+    # The session's own small reads (keepalive, server clock for the skew check) add up to about one per
+    # poll interval on a loaded machine; one Read per node would be 16 per tick, far above this bound.
+    assert 4 * polls <= sim.reads["calls"] <= 5 * polls + 8, (polls, dict(sim.reads))
     assert all(b.columns is None and b.rows == 1 for b in got.batches)
     assert assert_exact(got.samples(), [t["name"] for t in tags]) == polls * len(tags)
 
