@@ -278,11 +278,17 @@ async def test_one_device_can_subscribe_to_some_tags_and_poll_others(sim):
     got = Collector(len(tags))
     drv = OpcUaDriver(device(sim.endpoint, tags, poll_interval="200ms", publishing_interval="100ms"), got)
     task = await running(drv)
+
+    def polled_batches() -> list:
+        return [b for b in got.batches if b.columns is not None and list(b.columns) == [3, 9]]
+
     try:
-        await async_wait_for(lambda: drv.stats.polls >= 5 and got.all_good_since(0), 10, "polls and notifications")
+        # Wait on delivered poll rows, not stats.polls (counted when a poll starts, before its answer).
+        await async_wait_for(lambda: len(polled_batches()) >= 5 and got.all_good_since(0), 10,
+                             "polls and notifications")
     finally:
         await stop(task)
-    polled = [b for b in got.batches if b.columns is not None and list(b.columns) == [3, 9]]
+    polled = polled_batches()
     assert len(polled) >= 5
     subscribed = [b for b in got.batches if b.columns is None or not set(b.columns) & {3, 9}]
     assert len(subscribed) + len(polled) == len(got.batches), "a poll row and notifications never share a batch"
