@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from simulators.labels import label_writer
 from simulators.modbus import cli as modbus_cli
 from simulators.opcua import cli as opcua_cli
 from simulators.plant import DEFAULT_TICK_NS, PLANT
@@ -106,7 +107,7 @@ async def _run_modbus(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    labels = asyncio.create_task(modbus_cli.label_writer(server, args.labels)) if args.labels else None
+    labels = asyncio.create_task(label_writer(server, args.labels)) if args.labels else None
     try:
         if args.ready_file is not None:
             _write_ready_file(args.ready_file, args.serial or server.port)

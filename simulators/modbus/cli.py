@@ -1,19 +1,17 @@
 """The options of `edge-agent-sim modbus` beyond host/port/seed/tick: profile, labels, RTU, faults.
 
 Kept apart from simulators/cli.py so the shared entry point stays small; it calls `add_options`
-when building the parser and `build`, `start` and `label_writer` when running.
+when building the parser and `build` and `start` when running (labels: simulators/labels.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 from pathlib import Path
 
 from simulators.modbus.faults import Faults, parse_unit_latency
 from simulators.modbus.server import ModbusSimServer
-from simulators.plant import PLANT, Point, ProfileError, anomaly_labels, load_profile
+from simulators.plant import PLANT, Point, ProfileError, load_profile
 
 
 def _rate(text: str) -> float:
@@ -99,25 +97,6 @@ async def start(server: ModbusSimServer, args: argparse.Namespace) -> str:
         return f"serial {args.serial} (RTU, {args.baudrate} baud, parity {args.parity})"
     await server.start(args.host, args.port)
     return f"{args.host}:{server.port}" + (" (RTU over TCP)" if args.framing == "rtu" else "")
-
-
-async def label_writer(server: ModbusSimServer, path: Path) -> None:
-    """Append each anomaly to `path` once simulated time reaches its start: the ground truth of a run."""
-    tick = server.tick_ns
-    k = server.clock() // tick
-    with path.open("a", encoding="utf-8") as f:
-        try:
-            while True:
-                await asyncio.sleep(1.0)
-                now = server.clock() // tick + 1
-                for rec in anomaly_labels(server.points, server.seed, k, now, tick):
-                    f.write(json.dumps(rec) + "\n")
-                f.flush()
-                k = now
-        finally:  # at exit: up to the last tick served
-            now = server.clock() // tick + 1
-            for rec in anomaly_labels(server.points, server.seed, k, now, tick):
-                f.write(json.dumps(rec) + "\n")
 
 
 def units_text(server: ModbusSimServer) -> str:

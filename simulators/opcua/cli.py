@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from simulators.labels import label_writer
 from simulators.plant import DEFAULT_TICK_NS
 
 # The endpoints --security accepts (simulators/opcua/server.py maps them to asyncua's policy types);
@@ -67,26 +68,6 @@ def _security(text: str) -> list[str]:
     if text.strip() == "all":
         return list(SECURITY_NAMES)
     return [s.strip() for s in text.split(",") if s.strip()]
-
-
-async def label_writer(server, path: Path) -> None:
-    """Append each anomaly to `path` once simulated time reaches its start, and the rest at exit."""
-    from simulators.plant import anomaly_labels
-
-    tick = server.tick_ns
-    k = server.clock() // tick
-    with path.open("a", encoding="utf-8") as f:
-        try:
-            while True:
-                await asyncio.sleep(1.0)
-                now = server.clock() // tick + 1
-                for rec in anomaly_labels(server.points, server.seed, k, now, tick):
-                    f.write(json.dumps(rec) + "\n")
-                f.flush()
-                k = now
-        finally:
-            for rec in anomaly_labels(server.points, server.seed, k, server.clock() // tick + 1, tick):
-                f.write(json.dumps(rec) + "\n")
 
 
 def _write_ready_file(path: Path, port: int) -> None:
