@@ -29,14 +29,23 @@ def frame_samples(frame: Frame) -> Iterator[dict[str, object]]:
     for block in frame.blocks:
         ts = block.ts.tolist()
         for j, (tag, type_name) in enumerate(zip(block.tags, block.types, strict=True)):
-            values = block.values[:, j].tolist()
+            text = block.text.get(j)
+            if text is not None:  # a string tag: its text, None where the sample is missing
+                values = text.tolist()
+            else:
+                values = [_present(v, type_name) for v in block.values[:, j].tolist()]
             quality = block.quality[:, j].tolist()
             flags = block.flags[:, j].tolist()
+            # "status" (the protocol's own code) only when the block carries one: most frames do not.
+            status = block.status[:, j].tolist() if block.status is not None else None
             for i in range(len(ts)):
-                yield {
+                sample = {
                     "agent": frame.agent, "boot": boot, "seq": frame.seq, "device": block.device, "tag": tag,
-                    "ts": ts[i], "value": _present(values[i], type_name), "quality": quality[i], "flags": flags[i],
+                    "ts": ts[i], "value": values[i], "quality": quality[i], "flags": flags[i],
                 }
+                if status is not None:
+                    sample["status"] = status[i]
+                yield sample
 
 
 def _present(v: float, type_name: str) -> object:

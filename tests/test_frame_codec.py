@@ -57,6 +57,14 @@ def assert_frames_identical(a: Frame, b: Frame) -> None:
         np.testing.assert_array_equal(y.values.view(np.uint64), x.values.view(np.uint64))
         np.testing.assert_array_equal(y.quality, x.quality)
         np.testing.assert_array_equal(y.flags, x.flags)
+        # status: None and all-zero are the same thing on the wire (the element is left out)
+        xs = np.zeros((n, k), np.uint32) if x.status is None else np.asarray(x.status, np.uint32)
+        assert y.status is None or (y.status.dtype == np.uint32 and y.status.shape == (n, k) and y.status.any())
+        ys = np.zeros((n, k), np.uint32) if y.status is None else y.status
+        np.testing.assert_array_equal(ys, xs)
+        assert sorted(y.text) == sorted(x.text or {})
+        for j, col in (x.text or {}).items():
+            assert y.text[j].dtype == object and y.text[j].tolist() == list(col)
 
 
 def roundtrip(frame: Frame) -> Frame:
@@ -188,7 +196,24 @@ def blocks(draw, max_rows: int = 50, max_tags: int = 8) -> Block:
         values=values,
         quality=draw(uint_matrix(n, k, np.uint8, [0x00, 0x40, 0x80, 0x81, 0x82, 0x83, 0x84])),
         flags=draw(uint_matrix(n, k, np.uint32, [0, 1, 255, 256, 65535, 65536, 2**31, 2**32 - 1])),
+        status=draw(st.one_of(st.none(), uint_matrix(n, k, np.uint32, STATUS_CODES))),
+        text=draw(text_columns(n, k)),
     )
+
+
+# OPC UA StatusCodes the driver really sees (Good, Uncertain*, Bad*), and 0 so that columns mix.
+STATUS_CODES = [0, 0x40000000, 0x408F0000, 0x80000000, 0x80310000, 0x808A0000, 0x80340000, 2**32 - 1]
+texts = st.one_of(st.none(), st.text(max_size=20), st.sampled_from(["", "SN-000123", "Rezept Ä/β", "x" * 300]))
+
+
+@st.composite
+def text_columns(draw, n: int, k: int) -> dict[int, np.ndarray]:
+    out = {}
+    for j in draw(st.sets(st.integers(0, k - 1), max_size=k)):
+        col = np.empty(n, dtype=object)
+        col[:] = draw(st.lists(texts, min_size=n, max_size=n))
+        out[j] = col
+    return out
 
 
 @st.composite
