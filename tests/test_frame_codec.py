@@ -786,3 +786,23 @@ def test_encoder_rejects_bad_text() -> None:
         block.text = text
         with pytest.raises(ValueError, match=message):
             encode_frame(Frame("gw", BOOT, 1, 1, [block]))
+
+
+def test_text_and_status_survive_a_split_by_tags() -> None:
+    """One row that is too big: the builder splits by tags, and each part keeps its tags' text."""
+    from edge_agent.frame.builder import build_frames
+
+    k = 12
+    block = make_block("d", [f"sn{j}" for j in range(k)], ["string"] * k, [5], np.full((1, k), np.nan))
+    block.text = {j: text_column([f"{j:02d}" + "y" * 80]) for j in range(0, k, 2)}  # every other tag
+    block.status = np.arange(k, dtype=np.uint32).reshape(1, k)
+    out = build_frames([block], 1, lambda seq, part: Frame("gw", BOOT, seq, 1, part), 300)
+    assert len(out) >= 4 and all(len(data) <= 300 for data, _, _ in out)
+    text, status = {}, {}
+    for data, _, _ in out:
+        for b in decode_frame(data).blocks:
+            for j, tag in enumerate(b.tags):
+                text[tag] = b.text[j].tolist() if j in b.text else None
+                status[tag] = int(b.status[0, j]) if b.status is not None else 0
+    assert text == {f"sn{j}": ([f"{j:02d}" + "y" * 80] if j % 2 == 0 else None) for j in range(k)}
+    assert status == {f"sn{j}": j for j in range(k)}

@@ -225,3 +225,30 @@ filters = ["lim"]
         load_config(tmp_path / "c.toml")
     assert "devices[0].tags[0]: filters judge numbers; a string tag cannot have filters" in str(exc.value)
 
+
+
+def test_simulator_string_points_encode_their_text_and_refuse_what_does_not_fit(tmp_path: Path):
+    from simulators.plant import ProfileError, encode, load_profile, text_at, value_at
+
+    base = """[[devices]]
+name = "d"
+unit = 1
+
+[[devices.points]]
+name = "sn"
+address = "hr:0"
+type = "string"
+length = 2
+byte_order = "{order}"
+texts = [{texts}]
+signal = {{ kind = "constant", value = 1 }}
+"""
+    (tmp_path / "p.toml").write_text(base.format(order="ABCD", texts='"AB", "xyz"'))
+    (p,) = load_profile(tmp_path / "p.toml")
+    assert text_at(p, T0, 1) == "xyz" and encode(p, value_at(p, T0, 1)) == (0x7879, 0x7A00)
+    (tmp_path / "p.toml").write_text(base.format(order="BADC", texts='"AB", "xyz"'))
+    (p,) = load_profile(tmp_path / "p.toml")
+    assert encode(p, value_at(p, T0, 1)) == (0x7978, 0x007A)
+    (tmp_path / "p.toml").write_text(base.format(order="ABCD", texts='"12345"'))
+    with pytest.raises(ProfileError, match="text '12345' does not fit 2 registers"):
+        load_profile(tmp_path / "p.toml")
