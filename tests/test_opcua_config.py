@@ -156,3 +156,5 @@ def test_string_tags_are_carried_but_take_no_filters():
     assert OpcUaTag(name="recipe", node="ns=2;s=Recipe", type="string").type == "string"
     with pytest.raises(ValueError, match="a string tag cannot have filters"):
         OpcUaTag(name="recipe", node="ns=2;s=Recipe", type="string", filters=["lim"])
+    with pytest.raises(ValueError, match="a deadband applies to numbers"):
+        OpcUaTag(name="recipe", node="ns=2;s=Recipe", type="string", deadband_type="absolute", deadband=1.0)

@@ -74,6 +74,8 @@ class OpcUaTag(TagBase):
     def _no_filters_on_text(self) -> OpcUaTag:
         if self.type == "string" and self.filters:
             raise ValueError("filters judge numbers; a string tag cannot have filters (its text is sent as is)")
+        if self.type == "string" and self.deadband_type not in (None, "none"):
+            raise ValueError("a deadband applies to numbers; a string tag is sent on every change")
         return self
 
     @model_validator(mode="after")
@@ -209,6 +211,8 @@ class OpcUaDevice(DeviceBase):
         return max(1, -(-self.publishing_interval_ns // self.sampling_interval_ns(tag)))
 
     def deadband_of(self, tag: OpcUaTag) -> tuple[DeadbandType, float]:
+        if tag.type == "string":  # a deadband is a numeric filter; servers refuse it on a String
+            return ("none", 0.0)
         return (tag.deadband_type or self.deadband_type, tag.deadband if tag.deadband is not None else self.deadband)
 
     @property
