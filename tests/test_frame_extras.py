@@ -88,6 +88,10 @@ state_dir = "{state}"
 kind = "deadband"
 absolute = 10.0
 
+[filters.lim]
+kind = "limits"
+hi = 7.5
+
 [reporting.quiet]
 mode = "{mode}"
 {interval}pre_trigger = "0s"
@@ -102,7 +106,7 @@ endpoint = "tcp://127.0.0.1:5020"
 name = "num"
 address = "hr:0"
 type = "float64"
-filters = ["band"]
+filters = ["band", "lim"]
 reporting = "quiet"
 
 [[devices.tags]]
@@ -124,14 +128,18 @@ def test_reporting_sends_strings_on_change_and_never_aggregates_them(tmp_path: P
     texts = ["A", "A", "A", "B", "B", None, None, "B", "C", "C"]
     quality = [0, 0, 0, 0, 0, QUALITY_BAD_COMM, QUALITY_BAD_COMM, 0, 0, 0]
     blocks: list[Block] = []
+    full_rate: list[int] = []
     for i in range(len(texts)):
         batches, reduced, _ = stage.run(text_batch([T0 + i * SEC], [texts[i]], [float(i)], quality=[quality[i]]))
-        assert not batches, "nothing is anomalous: everything goes through the reduction"
+        for b in batches:
+            assert b.text is None, "string tags never go through the full-rate path"
+            full_rate += [(int(t) - T0) // SEC for t in b.ts[:, 0]]
         blocks += reduced
     blocks += stage.flush()
+    assert full_rate == [8, 9], "num above its limit from row 8: the group goes at full rate"
     got = decoded(blocks)
     sent = samples_of(got, "sn")
-    # On change of text or quality: A, B, the failed read (missing), B again, C.
+    # On change of text or quality, anomaly or not: A, B, the failed read (missing), B again, C.
     assert [(t - T0) // SEC for t, _, _ in sent] == [0, 3, 5, 7, 8]
     assert [v for _, v, _ in sent] == ["A", "B", None, "B", "C"]
     assert all(b.types[b.tags.index("sn")] == "string" for b in got if "sn" in b.tags)

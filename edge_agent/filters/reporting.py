@@ -14,10 +14,11 @@ leading up to it are still there to be sent whole. Reduced output:
 An anomaly on any tag of the group sends the whole group at full rate: the neighbours of a failing
 tag are the context needed to understand it.
 
-String tags (serial numbers, recipe names) are never reduced to numbers: in both modes a string
-tag's sample is sent, as is, when its text or quality differs from the last one sent for it (at full
-rate or reduced); an unchanged string is dropped. An average of recipe names means nothing, and a
-text change is exactly the event an engineer wants to see.
+String tags (serial numbers, recipe names) are never reduced to numbers: in both modes, and around
+an anomaly too, a string tag's sample is sent, as is and at once, when its text or quality differs
+from the last one sent for it; an unchanged string is dropped (repeating it at full rate would add
+bytes, not information). An average of recipe names means nothing, and a text change is exactly the
+event an engineer wants to see.
 """
 
 from __future__ import annotations
@@ -98,10 +99,15 @@ class Reporter:
             return [batch], []
         if len(plain):
             out.append(take(batch, pos=plain))
+        text = self.is_text[columns]
         for g_index, g in enumerate(self.groups):
-            pos = np.flatnonzero(owner == g_index)
+            pos = np.flatnonzero((owner == g_index) & ~text)
             if len(pos):
                 self._group(g, take(batch, pos=pos), out, blocks)
+            pos = np.flatnonzero((owner == g_index) & text)
+            if len(pos):  # strings: on change, at once and in arrival order, never held or aggregated
+                sub = take(batch, pos=pos)
+                self._text_on_change(g, sub, sub.columns, np.arange(len(pos)), blocks)
         self.points_in += batch.points
         self.points_out += sum(b.points for b in out) + sum(b.points for b in blocks)
         return out, blocks
@@ -133,13 +139,13 @@ class Reporter:
                 bt = b.ts.max(axis=1)
                 send = bt >= triggers[0] - spec.pre_trigger
                 if send.any():
-                    out.append(self._sent(g, take(b, rows=send)))
+                    out.append(take(b, rows=send))
                 if not send.all():
                     keep.append(take(b, rows=~send))
             g.pending = keep
             g.full_until = max(g.full_until, int(triggers[-1]) + spec.post_trigger)
         if full.any():
-            out.append(self._sent(g, take(sub, rows=full) if not full.all() else sub))
+            out.append(take(sub, rows=full) if not full.all() else sub)
         if not full.all():
             g.pending.append(take(sub, rows=~full) if full.any() else sub)
         # Rows older than the pre-trigger window can no longer be wanted whole: reduce them.
@@ -154,23 +160,8 @@ class Reporter:
                 keep.append(take(b, rows=~old))
         g.pending = keep
 
-    def _sent(self, g: _Group, b: Batch) -> Batch:
-        """Note the last text sent at full rate, so that reduced mode sends only what changed since."""
-        if b.text:
-            cols = np.arange(b.values.shape[1]) if b.columns is None else b.columns
-            for p, txt in b.text.items():
-                g.last_text[int(cols[p])] = (txt[-1], int(b.quality[-1, p]))
-        return b
-
     def _reduce(self, g: _Group, b: Batch, blocks: list[Block]) -> None:
         cols = np.arange(b.values.shape[1]) if b.columns is None else b.columns
-        text_pos = np.flatnonzero(self.is_text[cols])
-        if len(text_pos):
-            self._text_on_change(g, b, cols, text_pos, blocks)
-            if len(text_pos) == len(cols):
-                return
-            b = take(b, pos=np.flatnonzero(~self.is_text[cols]))
-            cols = b.columns
         if g.spec.mode == "deadband":
             report = (b.flags & np.uint32(flags.DEADBAND)) != 0
             for p in np.flatnonzero(report.any(axis=0)):
