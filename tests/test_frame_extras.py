@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from asyncua import ua
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from drivers.opcua.driver import OpcUaDriver
 from edge_agent.batcher import Batcher
@@ -260,3 +262,28 @@ signal = {{ kind = "constant", value = 1 }}
     (tmp_path / "p.toml").write_text(base.format(order="ABCD", texts='"12345"'))
     with pytest.raises(ProfileError, match="text '12345' does not fit 2 registers"):
         load_profile(tmp_path / "p.toml")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(st.sampled_from(["A", "B", "", None]), st.sampled_from([0, 0x81])), max_size=40),
+       sizes=st.lists(st.integers(1, 5), min_size=1, max_size=40))
+def test_strings_on_change_match_a_plain_reference(tmp_path_factory, rows, sizes):
+    """Whatever the batch sizes, the reporter sends exactly the rows whose (text, quality) differs from
+    the previous row's: a plain Python reference of "on change"."""
+    tmp = tmp_path_factory.mktemp("oc")
+    (tmp / "c.toml").write_text(DEADBAND_CONFIG.replace("{state}", str(tmp / "s")).replace("{mode}", "deadband")
+                                .replace("{interval}", ""))
+    cfg = load_config(tmp / "c.toml")
+    dev = cfg.device("plc")
+    stage = DeviceStage(DeviceFilters(dev, cfg.filters), dev, cfg.reporting, ("float64", "string"))
+    blocks: list[Block] = []
+    i, s = 0, 0
+    while i < len(rows):
+        part = rows[i:i + sizes[s % len(sizes)]]
+        ts = [T0 + (i + r) * SEC for r in range(len(part))]
+        _, reduced, _ = stage.run(text_batch(ts, [t for t, _ in part], [1.0] * len(part), quality=[q for _, q in part]))
+        blocks += reduced
+        i, s = i + len(part), s + 1
+    blocks += stage.flush()
+    want = [(T0 + r * SEC, t) for r, (t, q) in enumerate(rows) if r == 0 or (t, q) != rows[r - 1]]
+    assert [(t, v) for t, v, _ in samples_of(decoded(blocks) if blocks else [], "sn")] == want
