@@ -26,6 +26,7 @@ from edge_agent.filters.snapshot import restore_snapshots, save_snapshot
 from edge_agent.filters.stage import DeviceStage
 from edge_agent.frame.builder import build_frames
 from edge_agent.frame.model import Block, Frame
+from edge_agent.metadata import build_meta
 from edge_agent.metrics import serve as serve_metrics
 from edge_agent.reload import plan_reload
 from edge_agent.samples import Batch
@@ -92,7 +93,10 @@ class Agent:
 
     def _make_uplink(self, cfg: Config) -> MqttUplink:
         return MqttUplink(cfg.uplink, cfg.agent.id, self.spool, boot=self.boot.hex(), version=__version__,
-                          config_digest=cfg.digest[:16])
+                          config_digest=cfg.digest[:16], meta=self._meta(cfg))
+
+    def _meta(self, cfg: Config) -> dict[str, object]:
+        return build_meta(cfg, self.boot.hex(), __version__)
 
     def _on_poll(self, batch: Batch) -> None:
         batches, blocks, events = self._stage(batch.device).run(batch)
@@ -334,7 +338,9 @@ class Agent:
         for name in (*plan.added, *plan.changed):
             self._driver_tasks[name] = asyncio.create_task(self.drivers[name].run(), name=f"device:{name}")
         if plan.uplink_changed:
-            self._uplink_restart.set()
+            self._uplink_restart.set()  # the new uplink announces the new config when it connects
+        else:
+            self.uplink.update_config(new.digest[:16], self._meta(self.cfg))
         log.info("reload: config %s applied: %d devices added, %d removed, %d changed, %d kept%s",
                  new.digest[:16], len(plan.added), len(plan.removed), len(plan.changed), len(plan.kept),
                  ", uplink reconnected" if plan.uplink_changed else "")

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from edge_agent.frame.model import Block
-from edge_agent.samples import Batch
+from edge_agent.samples import Batch, concat_status, concat_text, take_text
 
 
 class Batcher:
@@ -111,6 +111,8 @@ def _concat(parts: list[Batch]) -> Batch:
         flags=np.concatenate([p.flags for p in parts]),
         columns=parts[0].columns,
         scores=_concat_scores(parts),
+        text=concat_text([(p.text, p.rows) for p in parts]),
+        status=concat_status([(p.status, p.values.shape) for p in parts]),
     )
 
 
@@ -129,6 +131,8 @@ def _merge_blocks(parts: list[Block]) -> Block:
         np.concatenate([p.values for p in parts]), np.concatenate([p.quality for p in parts]),
         np.concatenate([p.flags for p in parts]),
         {kind: np.concatenate([column(p, kind) for p in parts]) for kind in kinds},
+        concat_status([(p.status, p.values.shape) for p in parts]),
+        concat_text([(p.text, p.values.shape[0]) for p in parts]) or {},
     )
 
 
@@ -165,6 +169,8 @@ def split_by_timestamps(
             quality=np.ascontiguousarray(batch.quality[:, cols]),
             flags=np.ascontiguousarray(batch.flags[:, cols]),
             scores={kind: np.ascontiguousarray(a[:, cols]) for kind, a in (batch.scores or {}).items()},
+            status=None if batch.status is None else np.ascontiguousarray(batch.status[:, cols]),
+            text=take_text(batch.text, pos=cols) or {},
         )
         for cols in groups
     ]

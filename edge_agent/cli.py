@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p_tail.add_argument("--broker", default="mqtt://127.0.0.1:1883")
     p_tail.add_argument("--topic", default="edge/+/data")
     p_tail.add_argument("--count", type=int, default=None, help="exit after N samples")
+    p_tail.add_argument("--units", action="store_true",
+                        help="add each tag's eng_unit from the agents' retained metadata (TOPIC/../meta)")
     p_tail.add_argument("--dedupe", action="store_true",
                         help="skip frames already seen, by (agent, seq): redelivered frames after an outage")
 
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tail":
         from edge_agent.tail import run_tail
 
-        return run_tail(args.broker, args.topic, args.count, args.dedupe)
+        return run_tail(args.broker, args.topic, args.count, args.dedupe, args.units)
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:

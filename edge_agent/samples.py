@@ -55,6 +55,13 @@ class Batch:
     columns: np.ndarray | None = None  # intp (k,): device tag indices; None = all tags in order
     # Scores of the scoring filters, per filter kind: float32 (n, k), NaN where the kind did not score.
     scores: dict[str, np.ndarray] | None = None
+    # Text of string tags, by column position (0..k-1): object (n,) of str, or None for a missing
+    # sample. Only string tags have an entry (their `values` column stays NaN, so filters and
+    # aggregates never see text); numeric tags never pay for a Python object.
+    text: dict[int, np.ndarray] | None = None
+    # The protocol's own status code per sample, uint32 (n, k): the raw OPC UA StatusCode, the Modbus
+    # exception code. None means all 0 (good), which is what nearly every batch is.
+    status: np.ndarray | None = None
 
     @property
     def rows(self) -> int:
@@ -75,3 +82,54 @@ class Batch:
             flags=np.zeros((rows, tags), dtype=np.uint32),
             columns=columns,
         )
+
+
+def text_column(values: list[str | None]) -> np.ndarray:
+    """An object column for Batch.text / Block.text (np.array would make a fixed-width unicode array)."""
+    col = np.empty(len(values), dtype=object)
+    col[:] = values
+    return col
+
+
+def take_text(
+    text: dict[int, np.ndarray] | None, rows: np.ndarray | slice | None = None,
+    pos: np.ndarray | slice | None = None, k: int | None = None,
+) -> dict[int, np.ndarray] | None:
+    """Rows and/or columns of a text side channel, keys renumbered to the new column positions.
+
+    `pos` is an array of column positions or a slice (then `k`, the column count, is needed)."""
+    if not text:
+        return None
+    if pos is None:
+        picked = {j: j for j in text}
+    else:
+        if isinstance(pos, slice):
+            assert k is not None, "a slice of columns needs k"
+            pos = np.arange(k)[pos]
+        picked = {int(p): i for i, p in enumerate(np.asarray(pos).tolist()) if int(p) in text}
+    r = slice(None) if rows is None else rows
+    out = {new: text[old][r] for old, new in picked.items()}
+    return out or None
+
+
+def concat_text(parts: list[tuple[dict[int, np.ndarray] | None, int]]) -> dict[int, np.ndarray] | None:
+    """Concatenate the text channels of row-stacked parts ((text, rows) each); a part without a
+    column's text contributes missing samples (None) for it."""
+    keys = sorted({j for text, _ in parts for j in (text or {})})
+    if not keys:
+        return None
+    out: dict[int, np.ndarray] = {}
+    for j in keys:
+        cols = []
+        for text, rows in parts:
+            got = (text or {}).get(j)
+            cols.append(got if got is not None else np.full(rows, None, dtype=object))
+        out[j] = np.concatenate(cols)
+    return out
+
+
+def concat_status(parts: list[tuple[np.ndarray | None, tuple[int, int]]]) -> np.ndarray | None:
+    """Concatenate status columns of row-stacked parts ((status, shape) each); None stays None."""
+    if all(s is None for s, _ in parts):
+        return None
+    return np.concatenate([s if s is not None else np.zeros(shape, dtype=np.uint32) for s, shape in parts])

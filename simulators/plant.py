@@ -20,7 +20,7 @@ DEFAULT_TICK_NS = 100_000_000  # 100 ms
 
 TABLES = ("hr", "ir", "coil", "di")
 BIT_TABLES = frozenset({"coil", "di"})
-TYPES = ("bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64")
+TYPES = ("bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string")
 BYTE_ORDERS = ("ABCD", "CDAB", "BADC", "DCBA")
 
 # Registers (16-bit words) per type; a bool occupies one bit address in a coil/di table.
@@ -61,11 +61,15 @@ class Point:
     eng_unit: str = ""
     description: str = ""
     byte_order: str = "ABCD"  # how the device lays out multi-register values (ABCD = high word first)
+    # string points: the texts the signal selects from (its value, rounded, modulo their number), and
+    # the registers the text occupies (2 characters each, NUL-padded)
+    texts: tuple[str, ...] = ()
+    length: int = 0
 
     @property
     def words(self) -> int:
         """Addresses occupied: registers for hr/ir, always 1 for a coil/di bit."""
-        return WORDS[self.type]
+        return self.length if self.type == "string" else WORDS[self.type]
 
     @property
     def end(self) -> int:
@@ -162,6 +166,8 @@ def point(device: str, name: str) -> Point:
 
 def _quantise(p: Point, x: float) -> float:
     """Raw engineering value -> exactly what the type can carry (saturating ints, float32 rounding)."""
+    if p.type == "string":
+        return float(round(x) % len(p.texts))  # the index of the text served
     if p.type == "bool":
         return 1.0 if x >= 0.5 else 0.0
     if p.type == "float32":
@@ -186,11 +192,29 @@ def value_at(p: Point, t_ns: int, seed: int, tick_ns: int = DEFAULT_TICK_NS) -> 
     return value_at_tick(p, t_ns // tick_ns, seed, tick_ns)
 
 
+def text_of(p: Point, value: float) -> str:
+    """The text a string point serves for a value from value_at (an index into its texts)."""
+    return p.texts[int(value)]
+
+
+def text_at(p: Point, t_ns: int, seed: int, tick_ns: int = DEFAULT_TICK_NS) -> str:
+    """Exactly the text a string point serves when a request arrives at unix time t_ns."""
+    return text_of(p, value_at(p, t_ns, seed, tick_ns))
+
+
 def encode(p: Point, value: float) -> tuple[int, ...]:
     """Register words for a value from value_at in the point's byte order (ABCD: big-endian, high word
-    first; CDAB swaps words, BADC swaps the bytes of each word, DCBA both); bools -> (0|1,)."""
+    first; CDAB swaps words, BADC swaps the bytes of each word, DCBA both); bools -> (0|1,).
+    A string is its Latin-1 bytes NUL-padded to `length` registers, first character in the high byte
+    of the first register (BADC and DCBA swap the two characters of each register)."""
     if p.type == "bool":
         return (1 if value else 0,)
+    if p.type == "string":
+        raw = text_of(p, value).encode("latin-1").ljust(2 * p.length, b"\0")
+        pairs = [raw[i : i + 2] for i in range(0, len(raw), 2)]
+        if p.byte_order in ("BADC", "DCBA"):
+            pairs = [w[::-1] for w in pairs]
+        return tuple(int.from_bytes(w, "big") for w in pairs)
     fmt = _STRUCT[p.type]
     lo, hi = _INT_RANGE.get(p.type, (0, 0))
     raw = struct.pack(fmt, value if p.type.startswith("float") else min(hi, max(lo, int(value))))
@@ -223,6 +247,18 @@ def validate(points: Iterable[Point]) -> None:
             raise ValueError(f"{p.device}.{p.name}: byte order {p.byte_order!r} is not one of {', '.join(BYTE_ORDERS)}")
         if p.table not in TABLES or p.type not in TYPES:
             raise ValueError(f"{p.device}.{p.name}: bad table {p.table!r} or type {p.type!r}")
+        if p.type == "string":
+            if p.length < 1 or not p.texts:
+                raise ValueError(f"{p.device}.{p.name}: a string point needs length (registers) and texts")
+            for t in p.texts:
+                try:
+                    ok = len(t.encode("latin-1")) <= 2 * p.length
+                except UnicodeEncodeError:
+                    ok = False
+                if not ok:
+                    raise ValueError(f"{p.device}.{p.name}: text {t!r} does not fit {p.length} registers of Latin-1")
+        elif p.texts or p.length:
+            raise ValueError(f"{p.device}.{p.name}: texts and length are for string points only")
         if (p.type == "bool") != (p.table in BIT_TABLES):
             raise ValueError(f"{p.device}.{p.name}: bools live in coil/di tables, numbers in hr/ir")
         if p.address < 0 or p.end > 65536:
@@ -342,7 +378,7 @@ def _points(doc: dict) -> tuple[Point, ...]:
         for j, pt in enumerate(dev["points"]):
             pw = f"{where}.points[{j}]"
             allowed = {"name", "address", "type", "signal", "scale", "eng_unit", "description", "byte_order",
-                       "anomalies"}
+                       "anomalies", "texts", "length"}
             extra = set(pt) - allowed
             if extra:
                 raise ValueError(f"{pw}.{sorted(extra)[0]}: unknown key (allowed: {', '.join(sorted(allowed))})")
@@ -363,7 +399,8 @@ def _points(doc: dict) -> tuple[Point, ...]:
                 signal = _build(s.Anomalies, _ANOMALY_KEYS, spec, f"{pw}.anomalies", inner=signal)
             out.append(Point(str(dev["name"]), int(dev["unit"]), table, int(index), str(pt["type"]),
                              str(pt["name"]), signal, float(pt.get("scale", 1.0)), str(pt.get("eng_unit", "")),
-                             str(pt.get("description", "")), str(pt.get("byte_order", dev.get("byte_order", "ABCD")))))
+                             str(pt.get("description", "")), str(pt.get("byte_order", dev.get("byte_order", "ABCD"))),
+                             tuple(str(t) for t in pt.get("texts", ())), int(pt.get("length", 0))))
     return tuple(out)
 
 

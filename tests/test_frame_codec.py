@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from edge_agent.frame.codec import MAX_INFLATED_BODY, FrameError, decode_frame, encode_frame
 from edge_agent.frame.model import FORMAT_VERSION, VALUE_TYPES, Block, Frame
-from edge_agent.samples import QUALITY_BAD_COMM, QUALITY_GOOD, QUALITY_UNCERTAIN
+from edge_agent.samples import QUALITY_BAD_COMM, QUALITY_GOOD, QUALITY_UNCERTAIN, text_column
 
 FAST = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -57,6 +57,14 @@ def assert_frames_identical(a: Frame, b: Frame) -> None:
         np.testing.assert_array_equal(y.values.view(np.uint64), x.values.view(np.uint64))
         np.testing.assert_array_equal(y.quality, x.quality)
         np.testing.assert_array_equal(y.flags, x.flags)
+        # status: None and all-zero are the same thing on the wire (the element is left out)
+        xs = np.zeros((n, k), np.uint32) if x.status is None else np.asarray(x.status, np.uint32)
+        assert y.status is None or (y.status.dtype == np.uint32 and y.status.shape == (n, k) and y.status.any())
+        ys = np.zeros((n, k), np.uint32) if y.status is None else y.status
+        np.testing.assert_array_equal(ys, xs)
+        assert sorted(y.text) == sorted(x.text or {})
+        for j, col in (x.text or {}).items():
+            assert y.text[j].dtype == object and y.text[j].tolist() == list(col)
 
 
 def roundtrip(frame: Frame) -> Frame:
@@ -188,7 +196,24 @@ def blocks(draw, max_rows: int = 50, max_tags: int = 8) -> Block:
         values=values,
         quality=draw(uint_matrix(n, k, np.uint8, [0x00, 0x40, 0x80, 0x81, 0x82, 0x83, 0x84])),
         flags=draw(uint_matrix(n, k, np.uint32, [0, 1, 255, 256, 65535, 65536, 2**31, 2**32 - 1])),
+        status=draw(st.one_of(st.none(), uint_matrix(n, k, np.uint32, STATUS_CODES))),
+        text=draw(text_columns(n, k)),
     )
+
+
+# OPC UA StatusCodes the driver really sees (Good, Uncertain*, Bad*), and 0 so that columns mix.
+STATUS_CODES = [0, 0x40000000, 0x408F0000, 0x80000000, 0x80310000, 0x808A0000, 0x80340000, 2**32 - 1]
+texts = st.one_of(st.none(), st.text(max_size=20), st.sampled_from(["", "SN-000123", "Rezept Ä/β", "x" * 300]))
+
+
+@st.composite
+def text_columns(draw, n: int, k: int) -> dict[int, np.ndarray]:
+    out = {}
+    for j in draw(st.sets(st.integers(0, k - 1), max_size=k)):
+        col = np.empty(n, dtype=object)
+        col[:] = draw(st.lists(texts, min_size=n, max_size=n))
+        out[j] = col
+    return out
 
 
 @st.composite
@@ -588,6 +613,11 @@ def _pack(doc) -> bytes:
     (lambda d: d[6][0][2][0].__setitem__(5, False), "flags must be a msgpack uint or bin"),
     (lambda d: d[6][0][2][0].__delitem__(5), "has 5 elements, needs at least 6"),
     (lambda d: d[6][0].__setitem__(2, {"a": 1}), "tags must be a msgpack array"),
+    (lambda d: d[6][0][2][0].extend([[], b"\x00" * 8]), "status: 8 bytes, n=3 needs 12"),
+    (lambda d: d[6][0][2][0].extend([[], 2**32]), "status=4294967296 out of range"),
+    (lambda d: d[6][0][2][0].extend([[], 0, ["a", None]]), "text: 2 elements, n=3"),
+    (lambda d: d[6][0][2][0].extend([[], 0, ["a", None, 5]]), "text row 2 must be a msgpack str or nil, got int"),
+    (lambda d: d[6][0][2][0].extend([[], 0, ["a", b"b", "c"]]), "text row 1 must be a msgpack str or nil, got bin"),
 ])
 def test_specific_errors(mutate, message: str) -> None:
     doc = _valid_doc()
@@ -656,3 +686,123 @@ def test_doc_worked_example_matches_encoder() -> None:
     frame = Frame("gw-7", bytes.fromhex("3f2a9c4e1b7d4e8f9a0c5d6e7f801234"), 42, t0 + 2_005_000_000, [block])
     assert encode_frame(frame) == data
     assert_frames_identical(frame, decode_frame(data))
+
+
+def test_doc_status_and_text_example_matches_encoder() -> None:
+    doc = (pathlib.Path(__file__).parent.parent / "docs" / "frame-format.md").read_text()
+    hex_block = re.search(r"Full frame as one hex string \(status and text example\):\s*```text\n(.*?)```", doc, re.S)
+    assert hex_block, "status/text worked example not found in docs/frame-format.md"
+    data = bytes.fromhex("".join(hex_block.group(1).split()))
+    assert f"Total: {len(data)} bytes for 6 points." in doc
+
+    t0 = 1_767_225_600_000_000_000
+    block = Block(
+        "opc1", ("temp", "recipe", "valve"), ("float32", "string", "float64"),
+        np.array([t0, t0 + 1_000_000_000], np.int64),
+        np.array([[21.5, np.nan, np.nan], [21.75, np.nan, np.nan]]),
+        np.array([[0, 0, 0x82], [0x42, 0x81, 0x82]], np.uint8), np.zeros((2, 3), np.uint32),
+        status=np.array([[0, 0, 0x808C0000], [0x40930000, 0, 0x808C0000]], np.uint32),
+        text={1: text_column(["PVC-12", None])},
+    )
+    frame = Frame("gw-7", bytes.fromhex("3f2a9c4e1b7d4e8f9a0c5d6e7f801234"), 43, t0 + 2_005_000_000, [block])
+    assert encode_frame(frame) == data
+    out = decode_frame(data)
+    assert_frames_identical(frame, out)
+    assert out.blocks[0].text[1].tolist() == ["PVC-12", None]
+    assert out.blocks[0].status[:, 2].tolist() == [0x808C0000, 0x808C0000]
+
+
+def test_all_zero_status_and_no_text_add_no_bytes() -> None:
+    block = make_block("d", ["a", "b"], ["float32", "uint16"], [1, 2, 3], [[1.5, 1], [2.5, 2], [3.5, 3]])
+    plain = encode_frame(Frame("gw", BOOT, 1, 1, [block]))
+    block.status = np.zeros((3, 2), np.uint32)
+    block.text = {}
+    assert encode_frame(Frame("gw", BOOT, 1, 1, [block])) == plain
+    assert decode_frame(plain).blocks[0].status is None
+
+
+def test_status_is_a_uint_when_uniform_and_4n_bytes_when_it_varies() -> None:
+    block = make_block("d", ["a", "b", "c"], ["float64"] * 3, [1, 2], np.zeros((2, 3)))
+    block.status = np.array([[0, 0x80340000, 0], [0, 0x80340000, 0x40930000]], np.uint32)
+    tags = msgpack.unpackb(encode_frame(Frame("gw", BOOT, 1, 1, [block])), raw=False)[6][0][2]
+    assert [len(t) for t in tags] == [6, 8, 8]
+    assert tags[1][6:] == [[], 0x80340000]
+    assert tags[2][6:] == [[], struct.pack("<II", 0, 0x40930000)]
+
+
+def test_status_after_scores_needs_no_placeholder() -> None:
+    block = make_block("d", ["a"], ["float64"], [1, 2], [[1.0], [2.0]])
+    block.scores = {"hampel": np.array([[0.5], [np.nan]], np.float32)}
+    block.status = np.array([[7], [7]], np.uint32)
+    tag = msgpack.unpackb(encode_frame(Frame("gw", BOOT, 1, 1, [block])), raw=False)[6][0][2][0]
+    assert len(tag) == 8 and tag[6][0][0] == "hampel" and tag[7] == 7
+    roundtrip(Frame("gw", BOOT, 1, 1, [block]))
+
+
+def test_an_old_v1_decoder_reads_a_string_tag_as_nan_with_its_quality() -> None:
+    """What a decoder written before elements 7 and 8 sees: it reads elements 0-5 (and iterates 6)."""
+    block = make_block("d", ["sn", "t"], ["string", "float32"], [1, 2], [[np.nan, 1.5], [np.nan, 2.5]],
+                       quality=[[0, 0], [0x81, 0]])
+    block.text = {0: text_column(["SN-1", None])}
+    tags = msgpack.unpackb(encode_frame(Frame("gw", BOOT, 1, 1, [block])), raw=False)[6][0][2]
+    sn = tags[0]
+    assert sn[2] == "k" and np.isnan(sn[3]) and sn[4] == b"\x00\x81" and sn[5] == 0
+    assert sn[6] == [] and sn[7] == 0 and sn[8] == ["SN-1", None]
+    assert len(tags[1]) == 6  # the numeric neighbour pays nothing
+
+
+def test_text_survives_frame_splitting() -> None:
+    from edge_agent.frame.builder import build_frames
+
+    n = 40
+    block = make_block("d", ["sn", "v"], ["string", "float64"], range(n),
+                       np.column_stack([np.full(n, np.nan), np.arange(n) * 0.1]))
+    block.text = {0: text_column([f"serial-{i:04d}-" + "x" * 50 for i in range(n)])}
+    block.status = np.zeros((n, 2), np.uint32)
+    block.status[5, 1] = 0x80000000
+
+    def make(seq, part):
+        return Frame("gw", BOOT, seq, 1, part)
+
+    out = build_frames([block], 1, make, 600)
+    assert len(out) > 2 and all(len(data) <= 600 for data, _, _ in out)
+    got_text, got_status = [], []
+    for data, _, _ in out:
+        for b in decode_frame(data).blocks:
+            if "sn" in b.tags:
+                got_text += b.text[b.tags.index("sn")].tolist()
+            if "v" in b.tags:
+                col = b.status[:, b.tags.index("v")] if b.status is not None else np.zeros(b.ts.shape[0])
+                got_status += col.tolist()
+    assert got_text == block.text[0].tolist()
+    assert got_status == block.status[:, 1].tolist()
+
+
+def test_encoder_rejects_bad_text() -> None:
+    block = make_block("d", ["sn"], ["string"], [1, 2], [[np.nan], [np.nan]])
+    for text, message in [({1: text_column(["a", "b"])}, "not a tag position"),
+                          ({0: text_column(["a"])}, "has 1 rows, expected 2"),
+                          ({0: text_column(["a", 3])}, "row 1 is int")]:
+        block.text = text
+        with pytest.raises(ValueError, match=message):
+            encode_frame(Frame("gw", BOOT, 1, 1, [block]))
+
+
+def test_text_and_status_survive_a_split_by_tags() -> None:
+    """One row that is too big: the builder splits by tags, and each part keeps its tags' text."""
+    from edge_agent.frame.builder import build_frames
+
+    k = 12
+    block = make_block("d", [f"sn{j}" for j in range(k)], ["string"] * k, [5], np.full((1, k), np.nan))
+    block.text = {j: text_column([f"{j:02d}" + "y" * 80]) for j in range(0, k, 2)}  # every other tag
+    block.status = np.arange(k, dtype=np.uint32).reshape(1, k)
+    out = build_frames([block], 1, lambda seq, part: Frame("gw", BOOT, seq, 1, part), 300)
+    assert len(out) >= 4 and all(len(data) <= 300 for data, _, _ in out)
+    text, status = {}, {}
+    for data, _, _ in out:
+        for b in decode_frame(data).blocks:
+            for j, tag in enumerate(b.tags):
+                text[tag] = b.text[j].tolist() if j in b.text else None
+                status[tag] = int(b.status[0, j]) if b.status is not None else 0
+    assert text == {f"sn{j}": ([f"{j:02d}" + "y" * 80] if j % 2 == 0 else None) for j in range(k)}
+    assert status == {f"sn{j}": j for j in range(k)}

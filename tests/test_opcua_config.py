@@ -78,9 +78,9 @@ def test_config_errors_are_one_line_each(tmp_path):
     assert errors(tmp_path, "", 'name = "t"\nnode = "ns=2;s=T"\npath = "/Objects/2:T"\n') == [
         'devices[0].tags[0]: give exactly one of node (a NodeId such as "ns=2;s=Line1.Temp") or path '
         '(a browse path such as "/Objects/2:Plant/2:Temp")']
-    assert errors(tmp_path, "", 'name = "t"\nnode = "ns=2;s=T"\ntype = "string"\n') == [
-        "devices[0].tags[0].type: 'string' is not carried: samples are float64 numbers; "
-        "read a numeric or boolean variable"]
+    assert errors(tmp_path, "", 'name = "t"\nnode = "ns=2;s=T"\ntype = "text"\n') == [
+        "devices[0].tags[0].type: 'text' is not one of 'bool', 'int16', 'uint16', 'int32', 'uint32', "
+        "'int64', 'uint64', 'float32', 'float64', 'string'"]
     assert errors(tmp_path, "", 'name = "t"\npath = "/Objects/site:T"\n') == [
         "devices[0]: tags[0] (t): namespace alias 'site' is not in namespaces (declared: plant)"]
     assert errors(tmp_path, 'endpoint = "tcp://10.0.0.7:4840"'.replace("endpoint", "timeout_ms")) == [
@@ -148,3 +148,13 @@ def test_status_code_to_quality(name, quality):
     code = getattr(ua.StatusCodes, name)
     assert quality_of(code) == quality
     assert quality_of(code | 0x0400) == quality, "info bits do not change the meaning"
+
+
+def test_string_tags_are_carried_but_take_no_filters():
+    from drivers.opcua.config import OpcUaTag
+
+    assert OpcUaTag(name="recipe", node="ns=2;s=Recipe", type="string").type == "string"
+    with pytest.raises(ValueError, match="a string tag cannot have filters"):
+        OpcUaTag(name="recipe", node="ns=2;s=Recipe", type="string", filters=["lim"])
+    with pytest.raises(ValueError, match="a deadband applies to numbers"):
+        OpcUaTag(name="recipe", node="ns=2;s=Recipe", type="string", deadband_type="absolute", deadband=1.0)

@@ -27,8 +27,9 @@ class ModbusPlugin:
         return tuple(t.type for t in device.tags)
 
     def tag_units(self, device: DeviceBase) -> tuple[str, ...]:
-        """Engineering unit of each tag in config order ("" when none): for frame metadata, once the
-        frame format has a place for it (not part of the Driver contract yet)."""
+        """Engineering unit of each tag in config order ("" when none), for the agent's retained
+        metadata message (edge_agent/metadata.py, docs/metadata.md). An optional plugin hook: a plugin
+        without it gets each tag's `eng_unit` attribute, or none."""
         assert isinstance(device, ModbusDevice)
         return tuple(t.eng_unit for t in device.tags)
 

@@ -67,6 +67,8 @@ class ModbusTag(TagBase):
                 raise ValueError(
                     f"{self.type} at {self.address} needs registers {addr.index}..{last}, past the last address 65535"
                 )
+        if self.type == "string" and self.filters:
+            raise ValueError("filters judge numbers; a string tag cannot have filters (its text is sent as is)")
         if self.type in ("bool", "string") and (self.scale != 1.0 or self.offset != 0.0):
             raise ValueError(f"scale and offset apply to numbers, not to a {self.type}")
         if self.scale == 0.0:

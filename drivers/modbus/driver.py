@@ -43,17 +43,10 @@ from edge_agent.samples import (
     QUALITY_BAD_DEVICE,
     QUALITY_GOOD,
     Batch,
+    text_column,
 )
 
 log = logging.getLogger("edge_agent.drivers.modbus")
-
-
-@dataclass(slots=True)
-class ModbusBatch(Batch):
-    """A batch plus the text of string tags (column -> text); the numeric column holds NaN for them,
-    since the frame carries float64 only (see README: Strings)."""
-
-    text: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -184,7 +177,7 @@ class ModbusDriver:
     async def _poll(self, gi: int) -> None:
         group = self.groups[gi]
         k = len(group.columns)
-        batch = ModbusBatch.empty(self.device.name, 1, k, None if self._all_columns else group.columns)
+        batch = Batch.empty(self.device.name, 1, k, None if self._all_columns else group.columns)
         row = _Row(batch)
         self.stats.polls += 1
         plan = list(self._plans[gi])
@@ -214,6 +207,8 @@ class ModbusDriver:
 
             await asyncio.gather(*(one(r) for r in plan))
             failure = failures[0] if failures else None
+        if row.text:  # string tags read this poll; the others stay missing (their quality says why)
+            batch.text = {c: text_column([t]) for c, t in row.text.items()}
         if group.scale is not None:
             np.multiply(batch.values, group.scale, out=batch.values)
             np.add(batch.values, group.offset, out=batch.values)
@@ -307,6 +302,7 @@ class ModbusDriver:
             await self._request(gi, b, row, self._pause_s)
             return
         self._troubled = True
+        row.set_status(req, exc.code)  # the exception code travels as the samples' status (README)
         if exc.code == ILLEGAL_DATA_ADDRESS:
             self.stats.error("illegal_address")
             row.quality[req.columns] = QUALITY_BAD_CONFIG
@@ -327,11 +323,18 @@ class ModbusDriver:
 class _Row:
     """Views of a one-row batch: what a request writes into."""
 
-    __slots__ = ("quality", "text", "ts", "values")
+    __slots__ = ("batch", "quality", "text", "ts", "values")
 
-    def __init__(self, batch: ModbusBatch):
+    def __init__(self, batch: Batch):
+        self.batch = batch
         self.ts, self.values, self.quality = batch.ts[0], batch.values[0], batch.quality[0]
-        self.text = batch.text
+        self.text: dict[int, str] = {}  # column -> decoded text of the string tags answered
+
+    def set_status(self, req: ReadRequest, code: int) -> None:
+        """Rare (an exception reply), so the status column is only allocated when one arrives."""
+        if self.batch.status is None:
+            self.batch.status = np.zeros(self.batch.values.shape, dtype=np.uint32)
+        self.batch.status[0, req.columns] = code
 
     def stamp(self, req: ReadRequest) -> None:
         self.ts[req.columns] = time.time_ns()  # stamped when the answer arrives, not when converted

@@ -20,8 +20,10 @@ from edge_agent.config.urls import check_endpoint
 Mode = Literal["subscribe", "poll"]
 DeadbandType = Literal["none", "absolute", "percent"]
 # Declared value types (frame metadata). Every numeric OPC UA type becomes a float64 sample;
-# int64/uint64 values beyond 2**53 lose their lowest bits.
-OpcUaType = Literal["bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"]
+# int64/uint64 values beyond 2**53 lose their lowest bits. "string" reads a String (or LocalizedText)
+# variable: its text travels in the frame's text element, its numeric column is NaN.
+OpcUaType = Literal["bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64",
+                    "string"]
 SecurityPolicy = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
 SecurityMode = Literal["None", "Sign", "SignAndEncrypt"]
 TimestampFallback = Literal["server", "receipt"]
@@ -63,12 +65,18 @@ class OpcUaTag(TagBase):
     @field_validator("type")
     @classmethod
     def _type(cls, v: str) -> str:
-        if v == "string":
-            raise ValueError("'string' is not carried: samples are float64 numbers; read a numeric or boolean variable")
         allowed = OpcUaType.__args__  # type: ignore[attr-defined]
         if v not in allowed:
             raise ValueError(f"{v!r} is not one of {', '.join(repr(a) for a in allowed)}")
         return v
+
+    @model_validator(mode="after")
+    def _no_filters_on_text(self) -> OpcUaTag:
+        if self.type == "string" and self.filters:
+            raise ValueError("filters judge numbers; a string tag cannot have filters (its text is sent as is)")
+        if self.type == "string" and self.deadband_type not in (None, "none"):
+            raise ValueError("a deadband applies to numbers; a string tag is sent on every change")
+        return self
 
     @model_validator(mode="after")
     def _one_address(self) -> OpcUaTag:
@@ -203,6 +211,8 @@ class OpcUaDevice(DeviceBase):
         return max(1, -(-self.publishing_interval_ns // self.sampling_interval_ns(tag)))
 
     def deadband_of(self, tag: OpcUaTag) -> tuple[DeadbandType, float]:
+        if tag.type == "string":  # a deadband is a numeric filter; servers refuse it on a String
+            return ("none", 0.0)
         return (tag.deadband_type or self.deadband_type, tag.deadband if tag.deadband is not None else self.deadband)
 
     @property

@@ -26,7 +26,7 @@ from drivers.opcua.quality import quality_of
 from drivers.opcua.session import SessionError, UaSession, status_name, to_ns
 from edge_agent.backoff import Backoff
 from edge_agent.config.units import format_duration
-from edge_agent.samples import QUALITY_BAD, QUALITY_BAD_COMM, QUALITY_BAD_CONFIG, Batch
+from edge_agent.samples import QUALITY_BAD, QUALITY_BAD_COMM, QUALITY_BAD_CONFIG, Batch, text_column
 
 log = logging.getLogger("edge_agent.drivers.opcua")
 
@@ -51,6 +51,9 @@ class OpcUaDriver:
         # The full 32-bit StatusCode of each tag's latest sample (the quality byte keeps only the family
         # and a reason); 0 = Good.
         self.status = np.zeros(self._k, dtype=np.uint32)
+        # String tags: their values travel as text beside the NaN numeric column (Batch.text).
+        self._is_text = np.array([t.type == "string" for t in device.tags], dtype=bool)
+        self._any_text = bool(self._is_text.any())
         self.clock_skew_ns = 0
         self.notifications = 0
         self.batches_out = 0
@@ -215,9 +218,10 @@ class OpcUaDriver:
             codes = dict(failed)
             batch = Batch.empty(dev.name, 1, len(cols), columns=cols)
             batch.ts[0] = time.time_ns()
+            batch.status = np.zeros((1, len(cols)), dtype=np.uint32)
             for i, j in enumerate(cols):
                 batch.quality[0, i] = self._quality(codes[int(j)])
-                self.status[j] = codes[int(j)]
+                self.status[j] = batch.status[0, i] = codes[int(j)]
             self._emit(batch)
 
     # --- subscription path --------------------------------------------------------------------------
@@ -271,7 +275,7 @@ class OpcUaDriver:
         self._last_flush = time.monotonic_ns()
         self._pending = ([], [], [], [])
         h = np.asarray(handles, dtype=np.intp)
-        v, q, ts, c = self._convert(values, codes, stamps)
+        v, q, ts, c, text = self._convert(values, codes, stamps, h)
         order = np.argsort(h, kind="stable")  # tag-major, arrival order kept within a tag
         hs = h[order]
         tags, first, counts = np.unique(hs, return_index=True, return_counts=True)
@@ -287,7 +291,10 @@ class OpcUaDriver:
                 quality=np.ascontiguousarray(q[idx]),
                 flags=np.zeros(idx.shape, dtype=np.uint32),
                 columns=None if len(cols) == self._k else cols,
+                status=np.ascontiguousarray(c[idx]) if c.any() else None,
             )
+            if text is not None:
+                batch.text = {int(p): text[idx[:, p]] for p in np.flatnonzero(self._is_text[cols])} or None
             self._emit(batch)
 
     # --- poll path ------------------------------------------------------------------------------------
@@ -328,9 +335,15 @@ class OpcUaDriver:
                     if st is None:
                         st = dv.ServerTimestamp if fallback else None
                     stamps.append(st if st is not None else recv)
-                v, q, ts, c = self._convert(values, codes, stamps)
+                v, q, ts, c, text = self._convert(values, codes, stamps, cols[pos])
                 batch.values[0, pos], batch.quality[0, pos], batch.ts[0, pos] = v, q, ts
                 self.status[cols[pos]] = c
+                if c.any():
+                    self._set_status(batch, pos, c)
+                if text is not None:
+                    batch.text = batch.text or {}
+                    for i in np.flatnonzero(self._is_text[cols[pos]]):
+                        batch.text[int(pos[i])] = text_column([text[i]])
         except (UaError, OSError, TimeoutError, SessionError) as exc:
             batch.ts[0][batch.ts[0] == 0] = time.time_ns()
             self._emit(batch)
@@ -341,13 +354,34 @@ class OpcUaDriver:
             batch.quality[0, pos] = [self._quality(int(x)) for x in codes]
             batch.ts[0, pos] = time.time_ns()
             self.status[cols[pos]] = codes
+            self._set_status(batch, pos, codes)
         self._emit(batch)
+
+    @staticmethod
+    def _set_status(batch: Batch, pos: np.ndarray, codes: np.ndarray) -> None:
+        """A poll row's StatusCodes; the column exists only once some code is not Good (0)."""
+        if batch.status is None:
+            batch.status = np.zeros(batch.values.shape, dtype=np.uint32)
+        batch.status[0, pos] = codes
 
     # --- shared -------------------------------------------------------------------------------------
 
-    def _convert(self, values: list, codes: list[int], stamps: list) -> tuple[np.ndarray, ...]:  # type: ignore[type-arg]
-        """Python values, StatusCodes and timestamps to float64 values, quality bytes and int64 ns."""
+    def _convert(self, values: list, codes: list[int], stamps: list,  # type: ignore[type-arg]
+                 tags: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """Python values, StatusCodes and timestamps to float64 values, quality bytes, int64 ns and
+        uint32 codes, plus the text of string tags (object array aligned with the items, None when no
+        item is a string tag). `tags` gives each item's device tag index."""
         c = np.asarray(codes, dtype=np.uint32)
+        text = None
+        if self._any_text:
+            is_text = self._is_text[tags]
+            if is_text.any():
+                # Taken out before the numeric conversion: np.asarray would turn "12" into 12.0.
+                text = np.full(len(values), None, dtype=object)
+                values = list(values)
+                for i in np.flatnonzero(is_text).tolist():
+                    text[i] = _text_of(values[i])
+                    values[i] = None
         try:
             v = np.asarray(values, dtype=np.float64)
             numeric = None
@@ -369,7 +403,9 @@ class OpcUaDriver:
             if bad_type.any():
                 q[bad_type] = QUALITY_BAD_CONFIG
                 self.stats.error("non_numeric")
-        return v, q, ts, c
+        if text is not None and c.any():
+            text[q >= QUALITY_BAD] = None  # a bad sample's value is to be ignored, text too
+        return v, q, ts, c, text
 
     def _quality(self, code: int) -> int:
         q = self._quality_cache.get(code)
@@ -402,6 +438,15 @@ class OpcUaDriver:
         if abs(skew) > self.device.max_clock_skew:
             log.warning("%s: server clock is %.1fs %s this gateway's; samples keep the server's timestamps",
                         self._where, abs(skew) / 1e9, "ahead of" if skew > 0 else "behind")
+
+
+def _text_of(x: object) -> str | None:
+    """A String variable's value as text; LocalizedText gives its text; null stays missing."""
+    if x is None or isinstance(x, str):
+        return x
+    if isinstance(x, ua.LocalizedText):
+        return x.Text
+    return str(x)  # a server that changed the variable's type: visible, never a crash
 
 
 def _values_slow(values: list) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[type-arg]

@@ -50,6 +50,7 @@ STATUS_NAMES: dict[int, str] = {
 NON_NUMERIC = {12: "String", 13: "DateTime", 14: "Guid", 15: "ByteString", 16: "XmlElement", 17: "NodeId",
                18: "ExpandedNodeId", 19: "StatusCode", 20: "QualifiedName", 21: "LocalizedText",
                22: "Structure", 23: "DataValue", 25: "DiagnosticInfo", 294: "UtcTime"}
+TEXT_TYPES = {12, 21}  # String, LocalizedText: what a `type = "string"` tag may read
 DATATYPE_NAMES = {1: "Boolean", 2: "SByte", 3: "Byte", 4: "Int16", 5: "UInt16", 6: "Int32", 7: "UInt32",
                   8: "Int64", 9: "UInt64", 10: "Float", 11: "Double"}
 ROOT = ua.NodeId(ua.ObjectIds.RootFolder)
@@ -273,7 +274,8 @@ class UaSession:
         max_read, max_items = await self._limits()
         # Existence and data type in one pass: a node that does not exist answers BadNodeIdUnknown here.
         present = [j for j in range(k) if nodes[j] is not None]
-        non_numeric = []
+        non_numeric: list[str] = []
+        non_text: list[str] = []
         for chunk in _chunks(present, max_read):
             dvs = await self._read_attr([nodes[j] for j in chunk], ua.AttributeIds.DataType)  # type: ignore[misc]
             for j, dv in zip(chunk, dvs, strict=True):
@@ -283,14 +285,23 @@ class UaSession:
                     unknown.append(f"{tags[j].name} ({tags[j].address_text}: {status_name(code)})")
                     continue
                 dtype = dv.Value.Value if dv.Value is not None else None
-                if isinstance(dtype, ua.NodeId) and dtype.NamespaceIndex == 0 and dtype.Identifier in NON_NUMERIC:
+                builtin = dtype.Identifier if isinstance(dtype, ua.NodeId) and dtype.NamespaceIndex == 0 else None
+                if tags[j].type == "string":
+                    if builtin not in TEXT_TYPES:  # a number read as text would hide a config mistake
+                        status[j], nodes[j] = BAD_TYPE_MISMATCH, None
+                        what = NON_NUMERIC.get(builtin) or DATATYPE_NAMES.get(builtin) or str(dtype)
+                        non_text.append(f"{tags[j].name} ({what})")
+                elif builtin in NON_NUMERIC:
                     status[j], nodes[j] = BAD_TYPE_MISMATCH, None
-                    non_numeric.append(f"{tags[j].name} ({NON_NUMERIC[dtype.Identifier]})")
+                    non_numeric.append(f"{tags[j].name} ({NON_NUMERIC[builtin]})")
         if unknown:
             problems.append(f"{len(unknown)} tags not found, they stay bad: {', '.join(unknown[:5])}"
                             + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
         if non_numeric:
             problems.append(f"tags on non-numeric variables are not sampled (quality 0x83): {', '.join(non_numeric)}")
+        if non_text:
+            problems.append("string tags on variables that are not String or LocalizedText are not sampled "
+                            f"(quality 0x83): {', '.join(non_text)}")
         return Resolved(nodes, status, problems, max_read, max_items)
 
     async def _read_attr(self, nodes: list[ua.NodeId], attr: ua.AttributeIds) -> list[ua.DataValue]:

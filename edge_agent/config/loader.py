@@ -193,7 +193,8 @@ def _filter_checks(
                     known = ", ".join(repr(r) for r in sorted(reporting)) or "none defined"
                     problems.append(f"{label}: {where}.reporting: no reporting policy named {tag.reporting!r} "
                                     f"(reporting: {known})")
-                elif policy.get("mode") == "deadband" and "deadband" not in kinds:
+                elif (policy.get("mode") == "deadband" and "deadband" not in kinds
+                      and getattr(tag, "type", "") != "string"):  # no filters: strings are sent on change
                     problems.append(f"{label}: {where}.reporting: policy {tag.reporting!r} reports by deadband, "
                                     "but the tag has no deadband filter")
         for ref, members in groups.items():

@@ -13,6 +13,12 @@ leading up to it are still there to be sent whole. Reduced output:
 
 An anomaly on any tag of the group sends the whole group at full rate: the neighbours of a failing
 tag are the context needed to understand it.
+
+String tags (serial numbers, recipe names) are never reduced to numbers: in both modes, and around
+an anomaly too, a string tag's sample is sent, as is and at once, when its text or quality differs
+from the last one sent for it; an unchanged string is dropped (repeating it at full rate would add
+bytes, not information). An average of recipe names means nothing, and a text change is exactly the
+event an engineer wants to see.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import numpy as np
 from edge_agent.config.models import DeviceBase, ReportingSpec
 from edge_agent.filters import flags
 from edge_agent.frame.model import Block
-from edge_agent.samples import Batch
+from edge_agent.samples import Batch, take_text
 
 AGGREGATES = ("min", "max", "mean", "last", "count")
 
@@ -40,6 +46,8 @@ def take(batch: Batch, rows: np.ndarray | slice | None = None, pos: np.ndarray |
         device=batch.device, ts=batch.ts[r][:, c], values=batch.values[r][:, c], quality=batch.quality[r][:, c],
         flags=batch.flags[r][:, c], columns=None if columns is None else np.asarray(columns, dtype=np.intp),
         scores=None if not batch.scores else {kind: a[r][:, c] for kind, a in batch.scores.items()},
+        text=take_text(batch.text, rows=rows, pos=pos),
+        status=None if batch.status is None else batch.status[r][:, c],
     )
 
 
@@ -53,6 +61,8 @@ class _Group:
     # aggregate mode: the open interval, per device tag
     interval_id: int | None = None
     agg: dict[str, np.ndarray] = field(default_factory=dict)
+    # string tags: (text, quality) last sent, per device tag index
+    last_text: dict[int, tuple[str | None, int]] = field(default_factory=dict)
 
 
 class Reporter:
@@ -63,6 +73,7 @@ class Reporter:
         self.tags = tuple(t.name for t in device.tags)
         self.types = types
         k = len(self.tags)
+        self.is_text = np.asarray([t == "string" for t in types], dtype=bool)
         by_policy: dict[str, list[int]] = {}
         for j, tag in enumerate(device.tags):
             if tag.reporting is not None:
@@ -88,10 +99,15 @@ class Reporter:
             return [batch], []
         if len(plain):
             out.append(take(batch, pos=plain))
+        text = self.is_text[columns]
         for g_index, g in enumerate(self.groups):
-            pos = np.flatnonzero(owner == g_index)
+            pos = np.flatnonzero((owner == g_index) & ~text)
             if len(pos):
                 self._group(g, take(batch, pos=pos), out, blocks)
+            pos = np.flatnonzero((owner == g_index) & text)
+            if len(pos):  # strings: on change, at once and in arrival order, never held or aggregated
+                sub = take(batch, pos=pos)
+                self._text_on_change(g, sub, sub.columns, np.arange(len(pos)), blocks)
         self.points_in += batch.points
         self.points_out += sum(b.points for b in out) + sum(b.points for b in blocks)
         return out, blocks
@@ -155,6 +171,7 @@ class Reporter:
                     self.device, (self.tags[j],), (self.types[j],), np.ascontiguousarray(b.ts[rows, p]),
                     b.values[rows, p:p + 1].copy(), b.quality[rows, p:p + 1].copy(), b.flags[rows, p:p + 1].copy(),
                     {kind: a[rows, p:p + 1].copy() for kind, a in (b.scores or {}).items()},
+                    None if b.status is None else b.status[rows, p:p + 1].copy(),
                 ))
             return
         interval = g.spec.interval or 1
@@ -176,6 +193,31 @@ class Reporter:
             a["last"][cols] = np.where(last_ok, v[last_row, np.arange(v.shape[1])], a["last"][cols])
             a["flags"][cols] |= np.bitwise_or.reduce(b.flags[rows], axis=0)
             a["seen"][cols] = True
+
+    def _text_on_change(self, g: _Group, b: Batch, cols: np.ndarray, text_pos: np.ndarray,
+                        blocks: list[Block]) -> None:
+        for p in text_pos.tolist():
+            j = int(cols[p])
+            txt = (b.text or {}).get(p)
+            quality = b.quality[:, p].tolist()
+            rows = []
+            last = g.last_text.get(j)
+            for i, q in enumerate(quality):
+                now = (None if txt is None else txt[i], q)
+                if now != last:
+                    rows.append(i)
+                    last = now
+            if last is not None:
+                g.last_text[j] = last
+            if not rows:
+                continue
+            r = np.asarray(rows, dtype=np.intp)
+            blocks.append(Block(
+                self.device, (self.tags[j],), (self.types[j],), np.ascontiguousarray(b.ts[r, p]),
+                b.values[r, p:p + 1].copy(), b.quality[r, p:p + 1].copy(), b.flags[r, p:p + 1].copy(),
+                {}, None if b.status is None else b.status[r, p:p + 1].copy(),
+                {0: txt[r]} if txt is not None else {},
+            ))
 
     def _emit_aggregate(self, g: _Group, blocks: list[Block]) -> None:
         a = g.agg

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from edge_agent.frame.codec import encode_frame
 from edge_agent.frame.model import Block, Frame
+from edge_agent.samples import take_text
 
 log = logging.getLogger("edge_agent.frame")
 
@@ -61,9 +62,11 @@ def _split(blocks: list[Block]) -> list[list[Block]] | None:
 
 def _rows(b: Block, s: slice) -> Block:
     return Block(b.device, b.tags, b.types, b.ts[s], b.values[s], b.quality[s], b.flags[s],
-                 {kind: a[s] for kind, a in b.scores.items()})
+                 {kind: a[s] for kind, a in b.scores.items()},
+                 None if b.status is None else b.status[s], take_text(b.text, rows=s) or {})
 
 
 def _cols(b: Block, s: slice) -> Block:
     return Block(b.device, b.tags[s], b.types[s], b.ts, b.values[:, s], b.quality[:, s], b.flags[:, s],
-                 {kind: a[:, s] for kind, a in b.scores.items()})
+                 {kind: a[:, s] for kind, a in b.scores.items()},
+                 None if b.status is None else b.status[:, s], take_text(b.text, pos=s, k=len(b.tags)) or {})

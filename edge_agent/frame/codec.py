@@ -163,7 +163,65 @@ def _encode_block(index: int, block: Block) -> list:
                 if len(tag_docs[j]) == 6:
                     tag_docs[j].append([])
                 tag_docs[j][6].append(entry)
+    if block.status is not None or block.text:
+        _append_status_and_text(where, block, n, k, tag_docs)
     return [block.device, _encode_ts(ts), tag_docs]
+
+
+# --- optional trailing tag elements: 7 = status, 8 = text ---------------------------------------
+# Both are appended only to the tags that need them, so a frame without status codes or string
+# tags is byte for byte what it was before they existed (and the fast encoder path, which declines
+# blocks carrying either, stays byte-identical to this one).
+
+_TAG_SCORES, _TAG_STATUS, _TAG_TEXT = 6, 7, 8
+
+
+def _append_status_and_text(where: str, block: Block, n: int, k: int, tag_docs: list[list]) -> None:
+    status = None if block.status is None else _as(f"{where} status", block.status, np.uint32, (n, k))
+    status_cols = _encode_status(status) if status is not None else [None] * k
+    texts = _checked_text(where, block.text or {}, n, k)
+    for j, doc in enumerate(tag_docs):
+        st, tx = status_cols[j], texts.get(j)
+        if st is None and tx is None:
+            continue
+        if len(doc) == _TAG_SCORES:
+            doc.append([])  # no scores: an empty list keeps the position (old decoders iterate it)
+        doc.append(0 if st is None else st)  # 0 = all good: the placeholder before a text element
+        if tx is not None:
+            doc.append(tx)
+
+
+def _encode_status(status: np.ndarray) -> list[object]:
+    """Per tag: None when all 0 (the element is left out), a uint when uniform, else n u4 LE."""
+    n, k = status.shape
+    if n == 0:
+        return [None] * k
+    uniform = np.all(status == status[0], axis=0)
+    nonzero = status.any(axis=0)
+    out: list[object] = []
+    for j in range(k):
+        if not nonzero[j]:
+            out.append(None)
+        elif uniform[j]:
+            out.append(int(status[0, j]))
+        else:
+            out.append(status[:, j].astype("<u4").tobytes())
+    return out
+
+
+def _checked_text(where: str, text: dict[int, object], n: int, k: int) -> dict[int, list[str | None]]:
+    out: dict[int, list[str | None]] = {}
+    for j, col in text.items():
+        if isinstance(j, bool) or not isinstance(j, int | np.integer) or not 0 <= int(j) < k:
+            raise ValueError(f"{where}: text column {j!r} is not a tag position 0..{k - 1}")
+        items = list(col)  # type: ignore[call-overload]
+        if len(items) != n:
+            raise ValueError(f"{where}: text of tag {int(j)} has {len(items)} rows, expected {n}")
+        for i, x in enumerate(items):
+            if x is not None and not isinstance(x, str):
+                raise ValueError(f"{where}: text of tag {int(j)} row {i} is {type(x).__name__}, not str or None")
+        out[int(j)] = [None if x is None else str(x) for x in items]  # np.str_ -> str
+    return out
 
 
 _F2_MAX = float(np.finfo(np.float16).max)
@@ -457,6 +515,8 @@ def _decode_block(index: int, doc: object, budget: list[int]) -> Block:
     quality = np.empty((n, k), dtype=np.uint8)
     flags = np.empty((n, k), dtype=np.uint32)
     scores: dict[str, np.ndarray] = {}
+    status: np.ndarray | None = None
+    text: dict[int, np.ndarray] = {}
     names: list[str] = []
     types: list[str] = []
     for j, tag_doc in enumerate(tag_docs):
@@ -474,10 +534,43 @@ def _decode_block(index: int, doc: object, budget: list[int]) -> Block:
                 if kind not in scores:
                     scores[kind] = np.full((n, k), np.nan, dtype=np.float32)
                 scores[kind][:, j] = column
+        if len(tag) > _TAG_STATUS:
+            col = _decode_status(tw, n, tag[_TAG_STATUS])
+            if col is not None and np.any(col):
+                if status is None:
+                    status = np.zeros((n, k), dtype=np.uint32)
+                status[:, j] = col
+        if len(tag) > _TAG_TEXT and isinstance(tag[_TAG_TEXT], list):
+            text[j] = _decode_text(tw, n, tag[_TAG_TEXT])
     return Block(
         device=device, tags=tuple(names), types=tuple(types),
-        ts=ts, values=values, quality=quality, flags=flags, scores=scores,
+        ts=ts, values=values, quality=quality, flags=flags, scores=scores, status=status, text=text,
     )
+
+
+def _decode_status(where: str, n: int, doc: object) -> np.ndarray | int | None:
+    """Element 7: a uint for a uniform column, else exactly 4n bytes of u4 LE; any other msgpack type
+    is an extension this decoder does not know (ignored, like a non-array element 6)."""
+    if type(doc) is int:
+        if not 0 <= doc <= _UINT32_MAX:
+            raise FrameError(f"{where} status={doc} out of range [0, {_UINT32_MAX}]")
+        return doc
+    if isinstance(doc, bytes):
+        if len(doc) != 4 * n:
+            raise FrameError(f"{where} status: {len(doc)} bytes, n={n} needs {4 * n} (uint32 LE)")
+        return np.frombuffer(doc, dtype="<u4")
+    return None
+
+
+def _decode_text(where: str, n: int, doc: list) -> np.ndarray:
+    if len(doc) != n:
+        raise FrameError(f"{where} text: {len(doc)} elements, n={n}")
+    for i, x in enumerate(doc):
+        if x is not None and not isinstance(x, str):
+            raise FrameError(f"{where} text row {i} must be a msgpack str or nil, got {_kind(x)}")
+    col = np.empty(n, dtype=object)
+    col[:] = doc
+    return col
 
 
 def _decode_scores(where: str, n: int, doc: list) -> list[tuple[str, np.ndarray]]:

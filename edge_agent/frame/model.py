@@ -22,6 +22,7 @@ class Block:
     n rows by k tags: ts (n,) int64 unix ns, values (n, k) float64, quality (n, k) uint8,
     flags (n, k) uint32. tags and types have k entries. scores maps a scoring filter kind to its
     (n, k) float32 column (NaN where the filter did not score); empty when no filter scores.
+    A string tag's values column holds NaN and its text is in `text` (frame tag element 8).
     """
 
     device: str
@@ -32,6 +33,10 @@ class Block:
     quality: np.ndarray
     flags: np.ndarray
     scores: dict[str, np.ndarray] = field(default_factory=dict)
+    # Optional per-sample protocol status, uint32 (n, k) (OPC UA StatusCode, Modbus exception code);
+    # None = all 0. Text of string tags by column position: object (n,) of str or None (missing).
+    status: np.ndarray | None = None
+    text: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
     def points(self) -> int:

@@ -34,11 +34,15 @@ class PublishRefused(aiomqtt.MqttError):
 
 class MqttUplink:
     def __init__(self, cfg: UplinkSection, agent_id: str, spool: AsyncSpool, *,
-                 boot: str = "", version: str = "", config_digest: str = ""):
+                 boot: str = "", version: str = "", config_digest: str = "",
+                 meta: dict[str, object] | None = None):
         self.cfg = cfg
         self.spool = spool
         base = f"{cfg.topic_prefix}/{agent_id}"
         self.topic, self.events_topic, self.status_topic = f"{base}/data", f"{base}/events", f"{base}/status"
+        self.meta_topic = f"{base}/meta"
+        self._meta = meta  # retained tag metadata (edge_agent/metadata.py), published before the birth
+        self._meta_task: asyncio.Task[None] | None = None
         self.client_id = cfg.client_id or f"edge-agent-{agent_id}"
         self._identity = {"agent": agent_id, "boot": boot}
         self._birth = {"state": "online", **self._identity, "version": version, "config": config_digest}
@@ -107,10 +111,7 @@ class MqttUplink:
                     self._client = client
                     self.connected = True
                     self.connects += 1
-                    reason = await client.publish_acked(self.status_topic, json.dumps(self._birth).encode(),
-                                                        retain=True)
-                    if reason is not None and reason.is_failure:
-                        raise PublishRefused(f"broker refused the birth message on {self.status_topic}: {reason}")
+                    await self._announce(client)
                     log.info("uplink connected to %s as %s (MQTT %s)", self._target, self.client_id, self.cfg.protocol)
                     # The backoff resets on the first acknowledged delivery, not here: a broker that
                     # accepts the connection and then refuses every publish must not be hammered.
@@ -137,6 +138,40 @@ class MqttUplink:
                 self._client = None
                 if client is not None:
                     client.forget_disconnect()
+
+    async def _announce(self, client: AckClient) -> None:
+        """Metadata first, then the birth: a consumer that sees a birth naming a config digest finds
+        the metadata of that same config already retained."""
+        if self._meta is not None:
+            reason = await client.publish_acked(self.meta_topic, json.dumps(self._meta).encode(), retain=True)
+            if reason is not None and reason.is_failure:
+                # Data matters more than its description: say so and carry on (e.g. a message size cap).
+                log.warning("uplink: broker refused the metadata message on %s (%s, %d bytes); frames still flow",
+                            self.meta_topic, reason, len(json.dumps(self._meta)))
+        reason = await client.publish_acked(self.status_topic, json.dumps(self._birth).encode(), retain=True)
+        if reason is not None and reason.is_failure:
+            raise PublishRefused(f"broker refused the birth message on {self.status_topic}: {reason}")
+
+    def update_config(self, config_digest: str, meta: dict[str, object] | None) -> None:
+        """A reload changed the config but not [uplink]: publish the new metadata and birth now on the
+        live connection (a later connection publishes them anyway). Never waits: a reload must not
+        hang on a dead link."""
+        self._birth["config"] = config_digest
+        self._meta = meta
+        client = self._client
+        if client is None:
+            return
+        if self._meta_task is not None:
+            self._meta_task.cancel()
+
+        async def announce() -> None:
+            try:
+                await self._announce(client)
+            except (aiomqtt.MqttError, OSError) as exc:  # the next connection announces again
+                log.info("uplink: metadata after reload not published (%s); it goes out at the next connection",
+                         exc)
+
+        self._meta_task = asyncio.get_running_loop().create_task(announce())
 
     async def announce_offline(self) -> None:
         """On a clean shutdown the will is not sent; say it ourselves, best effort."""

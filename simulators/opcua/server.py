@@ -35,7 +35,7 @@ from asyncua.common.callback import CallbackType
 from asyncua.crypto.permission_rules import User, UserRole
 
 from simulators.opcua.cli import SECURITY_NAMES
-from simulators.plant import DEFAULT_TICK_NS, PLANT, Point, value_at_tick
+from simulators.plant import DEFAULT_TICK_NS, PLANT, Point, text_of, value_at_tick
 
 log = logging.getLogger("simulators.opcua")
 
@@ -47,7 +47,7 @@ VARIANT = {
     "bool": ua.VariantType.Boolean, "int16": ua.VariantType.Int16, "uint16": ua.VariantType.UInt16,
     "int32": ua.VariantType.Int32, "uint32": ua.VariantType.UInt32, "int64": ua.VariantType.Int64,
     "uint64": ua.VariantType.UInt64, "float32": ua.VariantType.Float,
-    "float64": ua.VariantType.Double,
+    "float64": ua.VariantType.Double, "string": ua.VariantType.String,
 }
 
 # name -> (asyncua policy type) for --security; "None" is the unsecured endpoint.
@@ -265,7 +265,8 @@ class OpcUaSimServer:
             if p.device not in folders:
                 folders[p.device] = await plant.add_folder(ua.NodeId(p.device, ns), ua.QualifiedName(p.device, ns))
             vtype = VARIANT[p.type]
-            initial = ua.Variant(False if p.type == "bool" else 0 if "int" in p.type else 0.0, vtype)
+            initial = ua.Variant(False if p.type == "bool" else "" if p.type == "string" else
+                                 0 if "int" in p.type else 0.0, vtype)
             var = await folders[p.device].add_variable(
                 ua.NodeId(f"{p.device}.{p.name}", ns), ua.QualifiedName(p.name, ns), initial, datatype=None)
             if p.eng_unit or p.description:
@@ -323,6 +324,7 @@ class OpcUaSimServer:
             if node.point is not None:
                 v = value_at_tick(node.point, k, self.seed, self.tick_ns)
                 value = bool(v) if node.vtype == ua.VariantType.Boolean else (
+                    text_of(node.point, v) if node.vtype == ua.VariantType.String else
                     v if node.vtype in (ua.VariantType.Float, ua.VariantType.Double) else int(v))
             else:
                 value = float(k % 1_000_000) + int(key[6:]) * 1e-3  # changes every tick
