@@ -266,5 +266,8 @@ def test_e_tls_wrong_ca_wrong_password_denied_topic(procs, tmp_path):
         stderr_all = agent.stderr()
         assert "certificate verify failed" in first_run_log
         assert "Not authorized" in stderr_all and "refused by" in stderr_all
+        # The ACL denied the metadata topic too, and mosquitto drops a TLS link after refusing: frames
+        # still flowed, because the refused metadata was not offered again at every reconnect.
+        assert "refused the metadata message" in stderr_all
     finally:
         consumer.close()

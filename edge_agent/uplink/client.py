@@ -31,7 +31,10 @@ class AckClient(aiomqtt.Client):
         """QoS 1 publish that waits for the PUBACK however long it takes and returns its reason code.
 
         Waiting has no timeout on purpose: a publish is over only when the broker answers or the
-        connection dies (then the session ends and everything unacknowledged is sent again).
+        connection dies. A dead connection raises MqttError here, so every caller (the birth and
+        metadata announcements too, not only the session's publishes, which a watcher task ends)
+        is woken: some brokers close the link right after refusing a publish (mosquitto over TLS
+        does), and a waiter nobody wakes would stall the uplink with frames waiting in the spool.
         """
         info = self._client.publish(topic, payload, 1, retain)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
@@ -39,7 +42,13 @@ class AckClient(aiomqtt.Client):
         if not info.is_published():
             confirmation = asyncio.Event()
             with self._pending_call(info.mid, confirmation, self._pending_publishes):
-                await confirmation.wait()
+                acked = asyncio.ensure_future(confirmation.wait())
+                try:
+                    await asyncio.wait([acked, self._disconnected], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    acked.cancel()
+                if not confirmation.is_set():
+                    raise aiomqtt.MqttError("connection lost before the broker acknowledged the publish")
         return self._puback_reasons.pop(info.mid, None)
 
     def forget_disconnect(self) -> None:

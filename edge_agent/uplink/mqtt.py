@@ -28,6 +28,10 @@ from edge_agent.uplink.client import AckClient
 log = logging.getLogger("edge_agent.uplink")
 
 
+# After the broker refused the metadata message, connections skip it for this long.
+META_RETRY_AFTER_REFUSAL_S = 600.0
+
+
 class PublishRefused(aiomqtt.MqttError):
     """The broker answered a publish with a failure reason code (MQTT 5): nothing was delivered."""
 
@@ -43,6 +47,7 @@ class MqttUplink:
         self.meta_topic = f"{base}/meta"
         self._meta = meta  # retained tag metadata (edge_agent/metadata.py), published before the birth
         self._meta_task: asyncio.Task[None] | None = None
+        self._meta_refused_at: float | None = None  # monotonic time the broker last refused it
         self.client_id = cfg.client_id or f"edge-agent-{agent_id}"
         self._identity = {"agent": agent_id, "boot": boot}
         self._birth = {"state": "online", **self._identity, "version": version, "config": config_digest}
@@ -142,12 +147,19 @@ class MqttUplink:
     async def _announce(self, client: AckClient) -> None:
         """Metadata first, then the birth: a consumer that sees a birth naming a config digest finds
         the metadata of that same config already retained."""
-        if self._meta is not None:
-            reason = await client.publish_acked(self.meta_topic, json.dumps(self._meta).encode(), retain=True)
+        refused_lately = (self._meta_refused_at is not None
+                          and time.monotonic() - self._meta_refused_at < META_RETRY_AFTER_REFUSAL_S)
+        if self._meta is not None and not refused_lately:
+            payload = json.dumps(self._meta).encode()
+            reason = await client.publish_acked(self.meta_topic, payload, retain=True)
             if reason is not None and reason.is_failure:
-                # Data matters more than its description: say so and carry on (e.g. a message size cap).
-                log.warning("uplink: broker refused the metadata message on %s (%s, %d bytes); frames still flow",
-                            self.meta_topic, reason, len(json.dumps(self._meta)))
+                # Data matters more than its description (e.g. an ACL or a message size cap): some
+                # brokers also drop the link after a refusal (mosquitto over TLS), so the next
+                # connections skip the metadata for a while instead of losing every one to it.
+                self._meta_refused_at = time.monotonic()
+                log.warning("uplink: broker refused the metadata message on %s (%s, %d bytes); frames still "
+                            "flow, the metadata is offered again in %.0f min or after a reload",
+                            self.meta_topic, reason, len(payload), META_RETRY_AFTER_REFUSAL_S / 60)
         reason = await client.publish_acked(self.status_topic, json.dumps(self._birth).encode(), retain=True)
         if reason is not None and reason.is_failure:
             raise PublishRefused(f"broker refused the birth message on {self.status_topic}: {reason}")
@@ -158,6 +170,7 @@ class MqttUplink:
         hang on a dead link."""
         self._birth["config"] = config_digest
         self._meta = meta
+        self._meta_refused_at = None  # a new config may well fit where the old one was refused
         client = self._client
         if client is None:
             return
