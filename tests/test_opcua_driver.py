@@ -4,6 +4,7 @@ source timestamps, status codes to quality, chunked Reads, dropped sessions, wro
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from pathlib import Path
@@ -200,6 +201,43 @@ async def test_absolute_deadband_is_sent_to_the_server(sim):
         await stop(task)
     # Pressure moves ~0.005 bar per tick: inside a 0.5 deadband it reports its initial value only.
     assert sum(1 for s in got.samples() if s[0] == 0) <= 2
+
+
+async def test_percent_deadband_is_sent_to_the_server_and_applied_to_the_eu_range(sim, caplog):
+    # The same node twice: once unfiltered, once with a 0.2 % deadband of its EURange 0..150 (0.3 K),
+    # plus a percent deadband on a node without an EURange, which the server must refuse.
+    tags = [
+        {"name": "all", "node": "ns=plant;s=boiler.temp_supply", "type": "float32"},
+        {"name": "banded", "node": "ns=plant;s=boiler.temp_supply", "type": "float32",
+         "deadband_type": "percent", "deadband": 0.2},
+        {"name": "speed", "node": "ns=plant;s=mixer.speed_rpm", "type": "uint16",
+         "deadband_type": "percent", "deadband": 1},
+    ]
+    got = Collector(len(tags))
+    caplog.set_level(logging.INFO, logger="edge_agent")
+    drv = OpcUaDriver(device(sim.endpoint, tags), got)
+    task = await running(drv)
+    try:
+        await async_wait_for(lambda: sum(1 for s in got.samples() if s[0] == 0) >= 40, 15, "40 unfiltered samples")
+    finally:
+        await stop(task)
+    every = sorted(s[1] for s in got.samples() if s[0] == 0)
+    banded = sorted((s[1], s[2]) for s in got.samples() if s[0] == 1 and every[0] <= s[1] <= every[-1])
+    assert 3 <= len(banded) < 0.7 * len(every), (len(banded), len(every))
+    band = 0.002 * 150.0
+    temp = point("boiler", "temp_supply")
+    missed = 0
+    for (t0, v0), (t1, v1) in itertools.pairwise(banded):
+        assert abs(v1 - v0) > band, "a report inside the deadband of the last reported value"
+        assert v1 == value_at_tick(temp, t1 // TICK, SEED)
+        # Every tick in between stayed inside the band around the last reported value (not the last sample).
+        missed += sum(abs(value_at_tick(temp, k, SEED) - v0) > band for k in range(t0 // TICK + 1, t1 // TICK))
+    skipped = (every[-1] - every[0]) // TICK + 1 - len(every)  # ticks the simulator never wrote (a late loop)
+    assert missed <= max(0, skipped), (missed, skipped)
+    # No EURange on speed_rpm: refused, reported with its code and a hint, and the tag is bad, not silent.
+    assert got.latest[2][2] >= 0x80 and drv.status[2] == ua.StatusCodes.BadFilterNotAllowed
+    refused = [r.getMessage() for r in caplog.records if "monitored items refused" in r.getMessage()]
+    assert len(refused) == 1 and "speed (BadFilterNotAllowed)" in refused[0] and "EURange" in refused[0], refused
 
 
 async def test_a_dropped_session_is_noticed_and_everything_is_recreated(sim):

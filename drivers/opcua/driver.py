@@ -33,6 +33,8 @@ log = logging.getLogger("edge_agent.drivers.opcua")
 MAX_PENDING = 200_000  # notifications held before an early flush (bounds memory under a burst)
 MIN_FLUSH_NS = 20_000_000  # never flush more often than every 20 ms, whatever the publishing interval
 SEVERITY = 0xC0000000
+FILTER_REFUSED = {ua.StatusCodes.BadFilterNotAllowed, ua.StatusCodes.BadDeadbandFilterInvalid,
+                  ua.StatusCodes.BadMonitoredItemFilterUnsupported}
 
 
 class _Lost(Exception):
@@ -207,7 +209,11 @@ class OpcUaDriver:
             failures = await session.subscribe(items, resolved.max_items_per_call, self._on_publish)
             if failures:
                 names = ", ".join(f"{dev.tags[j].name} ({status_name(c)})" for j, c in failures[:5])
-                log.warning("%s: %d monitored items refused: %s", self._where, len(failures), names)
+                hint = ""
+                if any(c in FILTER_REFUSED and dev.deadband_of(dev.tags[j])[0] == "percent" for j, c in failures):
+                    hint = ("; a percent deadband needs an analog item with an EURange on the server: use "
+                            "deadband_type = \"absolute\" for this node")
+                log.warning("%s: %d monitored items refused: %s%s", self._where, len(failures), names, hint)
             failed += failures
             self._silence_ns = max(dev.keepalive, session.silence_limit_ns)
         if failed:  # one sample each, so these tags do not keep a stale quality from before

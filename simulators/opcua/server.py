@@ -34,6 +34,7 @@ from asyncua import Server, ua
 from asyncua.common.callback import CallbackType
 from asyncua.crypto.permission_rules import User, UserRole
 
+from simulators.opcua import deadband
 from simulators.opcua.cli import SECURITY_NAMES
 from simulators.plant import DEFAULT_TICK_NS, PLANT, Point, value_at_tick
 
@@ -63,6 +64,14 @@ SECURITY = {
 
 
 assert tuple(SECURITY) == SECURITY_NAMES
+
+# EURange (Part 8 5.3.2.2) of the built-in plant's analog points, in engineering units: what a percent
+# deadband is a percentage of. Points without one (counters, bits, raw words, profile points) refuse a
+# percent deadband with BadFilterNotAllowed, as a real server's non-analog items do.
+EU_RANGES: dict[str, tuple[float, float]] = {
+    "boiler.temp_supply": (0.0, 150.0), "boiler.temp_return": (0.0, 150.0), "boiler.pressure": (0.0, 10.0),
+    "mixer.flow_setpoint": (0.0, 50.0), "mixer.flow_actual": (0.0, 50.0),
+}
 
 
 def ns_of_tick(k: int, tick_ns: int) -> datetime:
@@ -160,6 +169,7 @@ class OpcUaSimServer:
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 4840) -> None:
+        deadband.install()  # asyncua's server lacks percent deadband (simulators/opcua/deadband.py)
         server = Server()
         server.iserver.set_user_manager(self.users)  # type: ignore[arg-type]
         await server.init()
@@ -180,6 +190,7 @@ class OpcUaSimServer:
         self.ns = await server.register_namespace(NAMESPACE_URI)
         await self._write_limits(server)
         await self._build(server)
+        await self._add_eu_ranges(server)
         server.subscribe_server_callback(CallbackType.PreRead, self._pre_read)
         await server.start()
         self._server = server
@@ -285,6 +296,20 @@ class OpcUaSimServer:
                 node = _Node(None, var.nodeid, ua.VariantType.Double)
                 self._nodes.append(node)
                 self._by_key[f"bench.{i}"] = node
+
+    async def _add_eu_ranges(self, server: Server) -> None:
+        """An EURange property on each analog point, and its span where the deadband filter finds it."""
+        spans: dict[ua.NodeId, float] = {}
+        for key, (low, high) in EU_RANGES.items():
+            node = self._by_key.get(key)
+            if node is None:
+                continue
+            var = server.get_node(node.nodeid)
+            await var.add_property(ua.NodeId(f"{key}.EURange", self.ns), ua.QualifiedName("EURange", 0),
+                                   ua.Range(Low=low, High=high),
+                                   datatype=ua.NodeId(ua.ObjectIds.Range))
+            spans[node.nodeid] = high - low
+        server.iserver.aspace.eu_spans = spans  # type: ignore[attr-defined]
 
     async def _pre_read(self, event, dispatcher) -> None:
         """Counts Read calls, and refuses one over MaxNodesPerRead as a real server does."""
