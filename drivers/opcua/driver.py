@@ -59,6 +59,7 @@ class OpcUaDriver:
         self._backoff = Backoff(device.reconnect_min, device.reconnect_max)
         self._backoff_pending = False
         self._last_error = ""
+        self._warned_error = ""
         self._where = f"device {device.name} ({device.endpoint})"
         self._lost = asyncio.Event()
         self._lost_reason = ""
@@ -111,7 +112,11 @@ class OpcUaDriver:
         while True:
             if self._backoff_pending:
                 delay = self._backoff.next_delay_s()
-                level = logging.WARNING if self._backoff.attempt == 1 else logging.DEBUG
+                # One warning per outage, and one more whenever the reason changes (a lost session that
+                # then turns into a refused certificate must not hide behind the first line).
+                fresh = self._backoff.attempt == 1 or self._last_error != self._warned_error
+                level = logging.WARNING if fresh else logging.DEBUG
+                self._warned_error = self._last_error
                 log.log(level, "%s: %s; retrying in %.1fs", self._where, self._last_error, delay)
                 await asyncio.sleep(delay)
             self._lost = asyncio.Event()

@@ -133,6 +133,7 @@ class OpcUaSimServer:
         bench_nodes: int = 0,
         bad_status: dict[str, int] | None = None,
         clock_offset_ns: int = 0,
+        trusted_clients: Path | None = None,
     ) -> None:
         if tick_ns <= 0:
             raise ValueError("tick_ns must be positive")
@@ -151,6 +152,9 @@ class OpcUaSimServer:
         # A server whose clock is off: ServerStatus/CurrentTime and ServerTimestamps are shifted (the
         # source timestamps stay on the plant's ticks, so values remain predictable).
         self.clock_offset_ns = clock_offset_ns
+        # A directory of client certificates (or their CAs) the server trusts; None: any client certificate.
+        self.trusted_clients = trusted_clients
+        self.refused_clients = 0
         self._status: dict[str, int] = {}  # "device.point" -> StatusCode forced on that node
         for key, code in (bad_status or {}).items():
             self._check_key(key)
@@ -185,6 +189,8 @@ class OpcUaSimServer:
         if self.certificate is not None and self.private_key is not None:
             await server.load_certificate(str(self.certificate))
             await server.load_private_key(str(self.private_key))
+        if self.trusted_clients is not None:
+            server.set_certificate_validator(self._validate_client)
         for i in range(self.extra_namespaces):
             await server.register_namespace(f"urn:edge-agent:plant-sim:spare{i}")
         self.ns = await server.register_namespace(NAMESPACE_URI)
@@ -297,6 +303,26 @@ class OpcUaSimServer:
                 self._nodes.append(node)
                 self._by_key[f"bench.{i}"] = node
 
+    async def _validate_client(self, cert, app_description) -> None:
+        """CreateSession with a client certificate: refused (BadCertificateUntrusted) unless it is in
+        `trusted_clients`, read again each time so an operator's "trust this client" needs no restart."""
+        from asyncua.common.utils import ServiceError
+        from asyncua.crypto.truststore import TrustStore
+        from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+
+        assert self.trusted_clients is not None
+        options = CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT
+        try:
+            if not any(f.suffix.lower() in (".der", ".pem") for f in self.trusted_clients.iterdir()):
+                raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)  # asyncua's store refuses to be empty
+            store = TrustStore([self.trusted_clients], [])
+            await store.load()
+            await CertificateValidator(options, store).validate(cert, app_description)
+        except Exception:
+            self.refused_clients += 1
+            log.info("refused client certificate %s", cert.subject.rfc4514_string())
+            raise
+
     async def _add_eu_ranges(self, server: Server) -> None:
         """An EURange property on each analog point, and its span where the deadband filter finds it."""
         spans: dict[ua.NodeId, float] = {}
@@ -357,4 +383,5 @@ class OpcUaSimServer:
         self.ticks_written += 1
 
     def summary(self) -> dict[str, object]:
-        return {"reads": dict(self.reads), "ticks": self.ticks_written, "rejected_users": self.users.rejected}
+        return {"reads": dict(self.reads), "ticks": self.ticks_written, "rejected_users": self.users.rejected,
+                "refused_clients": self.refused_clients}
