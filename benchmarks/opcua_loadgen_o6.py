@@ -77,6 +77,10 @@ async def main(args: argparse.Namespace) -> None:
             await asyncio.sleep(0)
         written += 1
         k += 1
+        if args.status_file is not None and written % 10 == 0:  # about once a second: what was offered
+            tmp_status = args.status_file.with_name(args.status_file.name + ".tmp")
+            tmp_status.write_text(f"{written} {skipped} {time.monotonic()}\n")
+            os.replace(tmp_status, args.status_file)
     r = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"ticks": written, "skipped": skipped, "cpu_s": r.ru_utime + r.ru_stime}), flush=True)
     result = server.stop()
@@ -90,5 +94,6 @@ if __name__ == "__main__":
     ap.add_argument("--nodes", type=int, default=5000)
     ap.add_argument("--tick-ms", type=int, default=100)
     ap.add_argument("--ready-file", type=Path, required=True)
+    ap.add_argument("--status-file", type=Path, help="ticks written so far, rewritten about once a second")
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     asyncio.run(main(ap.parse_args()))
