@@ -300,6 +300,7 @@ def main() -> None:
         alone = asyncio.run(measure_driver(shards, "subscribe", s, bp, driver_only=True)) if subs else {}
         base = asyncio.run(baseline_handler(shards, s)) if subs else {}
         poll = asyncio.run(measure_driver(shards, "poll", s, bp)) if polls else {}
+        poll_alone = asyncio.run(measure_driver(shards, "poll", s, bp, driver_only=True)) if polls else {}
         per_node = asyncio.run(baseline_read_per_node(shards)) if polls else {}
     finally:
         gen_out = []
@@ -342,6 +343,9 @@ def main() -> None:
               f"{poll['skipped']} ticks skipped, source ts -> batch p50 {poll['p50_batch_ms']:.0f} ms")
         print(f"   of which driver with asyncua decoding {poll['driver_per_1000'] * 1000:.2f} ms, filters and batcher "
               f"{poll['rest_per_1000'] * 1000:.2f} ms, frame encoding {poll['encode_per_1000'] * 1000:.2f} ms")
+        print(f"   driver alone (sink only counts): {poll_alone['samples_per_s']:,.0f} samples/s, "
+              f"{poll_alone['cpu_per_1000'] * 1000:.2f} ms CPU per 1000 ({poll_alone['cpu_share']:.0%} of a core), "
+              f"{poll_alone['skipped']} ticks skipped")
         print(f"   baseline one Read per node: one pass over {n} nodes takes {per_node['pass_s']:.2f} s, "
               f"{per_node['cpu_per_1000'] * 1000:.1f} ms CPU per 1000 -> batched Read is "
               f"{per_node['cpu_per_1000'] / poll['cpu_per_1000']:.1f}x cheaper per sample")
