@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import logging
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -349,3 +350,33 @@ async def test_clock_skew_is_tolerated_and_reported(caplog):
     assert abs(drv.clock_skew_ns - 300 * 10**9) < 2 * 10**9
     assert any("server clock is 300" in r.getMessage() and "ahead" in r.getMessage() for r in caplog.records)
     assert assert_exact(got.samples(), ["boiler.temp_supply"]) >= 5  # source timestamps used as sent
+
+
+@pytest.mark.parametrize("fallback", ["server", "receipt"])
+@pytest.mark.parametrize("mode", ["poll", "subscribe"])
+async def test_a_value_without_source_timestamp_takes_the_configured_fallback(sim, mode, fallback):
+    # A node that carries no SourceTimestamp (some servers omit it for computed values).
+    server = sim._server
+    plant = server.get_node(ua.NodeId("Plant", sim.ns))
+    node = await plant.add_variable(ua.NodeId("Plant.untimed", sim.ns), ua.QualifiedName("untimed", sim.ns),
+                                    ua.Variant(0.0, ua.VariantType.Double))
+    stamped = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)  # the server timestamp, far from "now"
+    await server.iserver.aspace.write_attribute_value(
+        node.nodeid, ua.AttributeIds.Value,
+        ua.DataValue(ua.Variant(2.5, ua.VariantType.Double), SourceTimestamp=None, ServerTimestamp=stamped))
+    tags = [{"name": "untimed", "node": "ns=plant;s=Plant.untimed", "type": "float64"}]
+    got = Collector(1)
+    drv = OpcUaDriver(device(sim.endpoint, tags, mode=mode, timestamp_fallback=fallback), got)
+    before = time.time_ns()
+    task = await running(drv)
+    try:
+        await async_wait_for(lambda: any(s[3] == QUALITY_GOOD for s in got.samples()), 10, "a good sample")
+    finally:
+        await stop(task)
+    after = time.time_ns()
+    ts, v = next((s[1], s[2]) for s in got.samples() if s[3] == QUALITY_GOOD)
+    assert v == 2.5
+    if fallback == "server":
+        assert ts == int(stamped.timestamp()) * 10**9, ts
+    else:
+        assert before <= ts <= after, (before, ts, after)
