@@ -216,7 +216,9 @@ async def test_percent_deadband_is_sent_to_the_server_and_applied_to_the_eu_rang
     ]
     got = Collector(len(tags))
     caplog.set_level(logging.INFO, logger="edge_agent")
-    drv = OpcUaDriver(device(sim.endpoint, tags), got)
+    # Queues deep enough that a slow test machine loses no report in the server (that would look like a
+    # missed band crossing).
+    drv = OpcUaDriver(device(sim.endpoint, tags, queue_size=20), got)
     task = await running(drv)
     try:
         await async_wait_for(lambda: sum(1 for s in got.samples() if s[0] == 0) >= 40, 15, "40 unfiltered samples")
@@ -238,7 +240,9 @@ async def test_percent_deadband_is_sent_to_the_server_and_applied_to_the_eu_rang
     # No EURange on speed_rpm: refused, reported with its code and a hint, and the tag is bad, not silent.
     assert got.latest[2][2] >= 0x80 and drv.status[2] == ua.StatusCodes.BadFilterNotAllowed
     refused = [r.getMessage() for r in caplog.records if "monitored items refused" in r.getMessage()]
-    assert len(refused) == 1 and "speed (BadFilterNotAllowed)" in refused[0] and "EURange" in refused[0], refused
+    # One line per connect (a loaded machine may miss a 1 s keepalive and reconnect).
+    assert 1 <= len(refused) == drv.stats.connects, (refused, drv.stats)
+    assert "speed (BadFilterNotAllowed)" in refused[0] and "EURange" in refused[0], refused
 
 
 async def test_a_dropped_session_is_noticed_and_everything_is_recreated(sim):
