@@ -11,6 +11,9 @@ Writes the bound port to --ready-file; SIGTERM ends it and prints one JSON line 
 skipped because the writer fell behind, CPU seconds).
 
     python opcua_loadgen_o6.py --port 0 --nodes 5000 --tick-ms 100 --ready-file F
+
+o6 without a licence key runs in "script mode" (its banner says so): the server shuts down after 10
+minutes, far longer than a benchmark run.
 """
 
 from __future__ import annotations
