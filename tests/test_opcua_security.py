@@ -234,6 +234,11 @@ async def test_a_certificate_from_an_untrusted_ca_or_signed_by_a_leaf_is_refused
     leaf = pki.generate(tmp_path / "leaf", hostname="leaf")
     shutil.copy(leaf.cert, trust / "leaf.der")
     assert pki.check_server_certificate(leaf.cert.read_bytes(), trust, None, "dev")  # the leaf itself: trusted
+    leaf_cert = pki.load_certificate(leaf.cert)
+    leaf_key = serialization.load_pem_private_key(leaf.key.read_bytes(), password=None)
+    signed_by_leaf, _, _ = issue_server_cert(tmp_path / "by-leaf", leaf_cert, leaf_key)  # type: ignore[arg-type]
+    with pytest.raises(pki.UntrustedServer, match="is not trusted"):
+        pki.check_server_certificate(signed_by_leaf.read_bytes(), trust, None, "dev")
 
 
 async def test_a_server_refusing_our_certificate_is_one_clear_line_and_retried_with_backoff(certs, tmp_path, caplog):
