@@ -66,10 +66,17 @@ class Driver(Protocol):
 
 @dataclass(frozen=True)
 class DeviceSummary:
-    """What `edge-agent check` prints for a device: requests per poll and the plan lines."""
+    """What `edge-agent check` prints for a device: requests per poll and the plan lines.
+
+    A device whose data is pushed (OPC UA subscriptions) makes no requests per poll, and "12 tags in 0
+    requests" would mislead: `subscribed` counts the tags the device delivers by itself, and
+    `headline`, when given, replaces "every <poll_interval>: N tags in M requests" on the device line.
+    """
 
     requests_per_poll: int
     plan: tuple[str, ...] = ()
+    subscribed: int = 0
+    headline: str = ""
 
 
 class DriverPlugin(Protocol):

@@ -133,6 +133,7 @@ def print_summary(cfg: Config, plan: bool = False) -> None:
     described = [(d, registry[d.protocol].describe(d)) for d in cfg.devices]
     tags = sum(len(d.tags) for d in cfg.devices)
     requests = sum(s.requests_per_poll for _, s in described)
+    subscribed = sum(s.subscribed for _, s in described)
     up = cfg.uplink
     print(f"{cfg.path}: OK")
     print(f"  agent    {cfg.agent.id}, state in {cfg.agent.state_dir}")
@@ -140,13 +141,13 @@ def print_summary(cfg: Config, plan: bool = False) -> None:
     print(f"  batch    closes at {cfg.batch.max_points} points or {format_duration(cfg.batch.max_interval)}")
     kinds = ", ".join(f"{name} ({spec.kind})" for name, spec in cfg.filters.items()) or "none"
     print(f"  filters  {len(cfg.filters)}: {kinds}")
-    print(f"  devices  {len(cfg.devices)}, {tags} tags, {requests} requests per poll")
+    print(f"  devices  {len(cfg.devices)}, {tags} tags, {requests} requests per poll"
+          + (f", {subscribed} tags by subscription" if subscribed else ""))
     for dev, summary in described:
         endpoint = getattr(dev, "endpoint", "")
-        print(
-            f"    {dev.name:<16} {dev.protocol} {endpoint} every {format_duration(dev.poll_interval)}: "
-            f"{len(dev.tags)} tags in {summary.requests_per_poll} requests"
-        )
+        work = summary.headline or (f"every {format_duration(dev.poll_interval)}: "
+                                    f"{len(dev.tags)} tags in {summary.requests_per_poll} requests")
+        print(f"    {dev.name:<16} {dev.protocol} {endpoint} {work}")
         if plan:
             for line in summary.plan:
                 print(f"        {line}")

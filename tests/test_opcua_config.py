@@ -125,6 +125,26 @@ def test_sample_config_loads_and_check_does_not_import_asyncua():
     assert done.returncode == 0, done.stderr
     assert "subscribe: publishing every 500ms, 4 monitored items" in done.stdout
     assert "poll every 200ms: 4 nodes in 1 Read" in done.stdout
+    assert "4 tags: 4 monitored items in 1 subscription (publishing every 500ms, sampling 100ms" in done.stdout
+
+
+def test_check_says_what_a_subscribing_device_does_instead_of_zero_requests(tmp_path, capsys):
+    from edge_agent.cli import main
+
+    tags = "".join(f'[[devices.tags]]\nname = "t{i}"\nnode = "ns=plant;s=T{i}"\n' for i in range(3))
+    polled = ('[[devices.tags]]\nname = "p0"\nnode = "ns=plant;s=P0"\nmode = "poll"\n'
+              '[[devices.tags]]\nname = "p1"\nnode = "ns=plant;s=P1"\nmode = "poll"\n')
+    banded = '[[devices.tags]]\nname = "b"\nnode = "ns=plant;s=B"\ndeadband_type = "percent"\ndeadband = 1.0\n'
+    path = tmp_path / "c.toml"
+    path.write_text(HEAD + 'poll_interval = "1s"\nsampling_interval = "100ms"\nmax_nodes_per_read = 1\n'
+                    + tags + banded + polled)
+    assert main(["check", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "devices  1, 6 tags, 2 requests per poll, 4 tags by subscription" in out
+    line = next(x for x in out.splitlines() if x.strip().startswith("plc "))
+    assert line.endswith("opc.tcp://10.0.0.7:4840 6 tags: 4 monitored items in 1 subscription (publishing every 1s, "
+                         "sampling 100ms, 1 with a deadband), 2 polled every 1s in 2 Reads per poll"), line
+    assert "requests" not in line
 
 
 @pytest.mark.parametrize(("name", "quality"), [

@@ -4,8 +4,10 @@ source timestamps, status codes to quality, chunked Reads, dropped sessions, wro
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -202,6 +204,47 @@ async def test_absolute_deadband_is_sent_to_the_server(sim):
     assert sum(1 for s in got.samples() if s[0] == 0) <= 2
 
 
+async def test_percent_deadband_is_sent_to_the_server_and_applied_to_the_eu_range(sim, caplog):
+    # The same node twice: once unfiltered, once with a 0.2 % deadband of its EURange 0..150 (0.3 K),
+    # plus a percent deadband on a node without an EURange, which the server must refuse.
+    tags = [
+        {"name": "all", "node": "ns=plant;s=boiler.temp_supply", "type": "float32"},
+        {"name": "banded", "node": "ns=plant;s=boiler.temp_supply", "type": "float32",
+         "deadband_type": "percent", "deadband": 0.2},
+        {"name": "speed", "node": "ns=plant;s=mixer.speed_rpm", "type": "uint16",
+         "deadband_type": "percent", "deadband": 1},
+    ]
+    got = Collector(len(tags))
+    caplog.set_level(logging.INFO, logger="edge_agent")
+    # Queues deep enough that a slow test machine loses no report in the server (that would look like a
+    # missed band crossing).
+    drv = OpcUaDriver(device(sim.endpoint, tags, queue_size=20), got)
+    task = await running(drv)
+    try:
+        await async_wait_for(lambda: sum(1 for s in got.samples() if s[0] == 0) >= 40, 15, "40 unfiltered samples")
+    finally:
+        await stop(task)
+    every = sorted(s[1] for s in got.samples() if s[0] == 0)
+    banded = sorted((s[1], s[2]) for s in got.samples() if s[0] == 1 and every[0] <= s[1] <= every[-1])
+    assert 3 <= len(banded) < 0.7 * len(every), (len(banded), len(every))
+    band = 0.002 * 150.0
+    temp = point("boiler", "temp_supply")
+    missed = 0
+    for (t0, v0), (t1, v1) in itertools.pairwise(banded):
+        assert abs(v1 - v0) > band, "a report inside the deadband of the last reported value"
+        assert v1 == value_at_tick(temp, t1 // TICK, SEED)
+        # Every tick in between stayed inside the band around the last reported value (not the last sample).
+        missed += sum(abs(value_at_tick(temp, k, SEED) - v0) > band for k in range(t0 // TICK + 1, t1 // TICK))
+    skipped = (every[-1] - every[0]) // TICK + 1 - len(every)  # ticks the simulator never wrote (a late loop)
+    assert missed <= max(0, skipped), (missed, skipped)
+    # No EURange on speed_rpm: refused, reported with its code and a hint, and the tag is bad, not silent.
+    assert got.latest[2][2] >= 0x80 and drv.status[2] == ua.StatusCodes.BadFilterNotAllowed
+    refused = [r.getMessage() for r in caplog.records if "monitored items refused" in r.getMessage()]
+    # One line per connect (a loaded machine may miss a 1 s keepalive and reconnect).
+    assert 1 <= len(refused) == drv.stats.connects, (refused, drv.stats)
+    assert "speed (BadFilterNotAllowed)" in refused[0] and "EURange" in refused[0], refused
+
+
 async def test_a_dropped_session_is_noticed_and_everything_is_recreated(sim):
     tags = plant_tags()
     got = Collector(len(tags))
@@ -311,3 +354,33 @@ async def test_clock_skew_is_tolerated_and_reported(caplog):
     assert abs(drv.clock_skew_ns - 300 * 10**9) < 2 * 10**9
     assert any("server clock is 300" in r.getMessage() and "ahead" in r.getMessage() for r in caplog.records)
     assert assert_exact(got.samples(), ["boiler.temp_supply"]) >= 5  # source timestamps used as sent
+
+
+@pytest.mark.parametrize("fallback", ["server", "receipt"])
+@pytest.mark.parametrize("mode", ["poll", "subscribe"])
+async def test_a_value_without_source_timestamp_takes_the_configured_fallback(sim, mode, fallback):
+    # A node that carries no SourceTimestamp (some servers omit it for computed values).
+    server = sim._server
+    plant = server.get_node(ua.NodeId("Plant", sim.ns))
+    node = await plant.add_variable(ua.NodeId("Plant.untimed", sim.ns), ua.QualifiedName("untimed", sim.ns),
+                                    ua.Variant(0.0, ua.VariantType.Double))
+    stamped = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)  # the server timestamp, far from "now"
+    await server.iserver.aspace.write_attribute_value(
+        node.nodeid, ua.AttributeIds.Value,
+        ua.DataValue(ua.Variant(2.5, ua.VariantType.Double), SourceTimestamp=None, ServerTimestamp=stamped))
+    tags = [{"name": "untimed", "node": "ns=plant;s=Plant.untimed", "type": "float64"}]
+    got = Collector(1)
+    drv = OpcUaDriver(device(sim.endpoint, tags, mode=mode, timestamp_fallback=fallback), got)
+    before = time.time_ns()
+    task = await running(drv)
+    try:
+        await async_wait_for(lambda: any(s[3] == QUALITY_GOOD for s in got.samples()), 10, "a good sample")
+    finally:
+        await stop(task)
+    after = time.time_ns()
+    ts, v = next((s[1], s[2]) for s in got.samples() if s[3] == QUALITY_GOOD)
+    assert v == 2.5
+    if fallback == "server":
+        assert ts == int(stamped.timestamp()) * 10**9, ts
+    else:
+        assert before <= ts <= after, (before, ts, after)

@@ -53,7 +53,19 @@ class OpcUaPlugin:
                             + (f" deadband {band_type} {band:g}" if band_type != "none" else ""))
         for tag in polled:
             plan.append(f"  {tag.name} {tag.address_text} (polled)")
-        return DeviceSummary(reads, tuple(plan))
+        parts = []
+        if subscribed:
+            samplings = sorted({device.sampling_interval_ns(t) for t in subscribed})
+            sampling = "/".join(format_duration(x) for x in samplings)
+            banded = sum(1 for t in subscribed if device.deadband_of(t)[0] != "none")
+            parts.append(f"{len(subscribed)} monitored items in 1 subscription (publishing every "
+                         f"{format_duration(device.publishing_interval_ns)}, sampling {sampling}"
+                         + (f", {banded} with a deadband" if banded else "") + ")")
+        if polled:
+            parts.append(f"{len(polled)} polled every {format_duration(device.poll_interval)} in {reads} Read"
+                         + ("s" if reads != 1 else "") + " per poll")
+        headline = f"{len(device.tags)} tags: " + ", ".join(parts)
+        return DeviceSummary(reads, tuple(plan), subscribed=len(subscribed), headline=headline)
 
     def tag_types(self, device: DeviceBase) -> tuple[str, ...]:
         assert isinstance(device, OpcUaDevice)

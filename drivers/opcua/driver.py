@@ -33,6 +33,8 @@ log = logging.getLogger("edge_agent.drivers.opcua")
 MAX_PENDING = 200_000  # notifications held before an early flush (bounds memory under a burst)
 MIN_FLUSH_NS = 20_000_000  # never flush more often than every 20 ms, whatever the publishing interval
 SEVERITY = 0xC0000000
+FILTER_REFUSED = {ua.StatusCodes.BadFilterNotAllowed, ua.StatusCodes.BadDeadbandFilterInvalid,
+                  ua.StatusCodes.BadMonitoredItemFilterUnsupported}
 
 
 class _Lost(Exception):
@@ -60,6 +62,7 @@ class OpcUaDriver:
         self._backoff = Backoff(device.reconnect_min, device.reconnect_max)
         self._backoff_pending = False
         self._last_error = ""
+        self._warned_error = ""
         self._where = f"device {device.name} ({device.endpoint})"
         self._lost = asyncio.Event()
         self._lost_reason = ""
@@ -112,7 +115,11 @@ class OpcUaDriver:
         while True:
             if self._backoff_pending:
                 delay = self._backoff.next_delay_s()
-                level = logging.WARNING if self._backoff.attempt == 1 else logging.DEBUG
+                # One warning per outage, and one more whenever the reason changes (a lost session that
+                # then turns into a refused certificate must not hide behind the first line).
+                fresh = self._backoff.attempt == 1 or self._last_error != self._warned_error
+                level = logging.WARNING if fresh else logging.DEBUG
+                self._warned_error = self._last_error
                 log.log(level, "%s: %s; retrying in %.1fs", self._where, self._last_error, delay)
                 await asyncio.sleep(delay)
             self._lost = asyncio.Event()
@@ -210,7 +217,11 @@ class OpcUaDriver:
             failures = await session.subscribe(items, resolved.max_items_per_call, self._on_publish)
             if failures:
                 names = ", ".join(f"{dev.tags[j].name} ({status_name(c)})" for j, c in failures[:5])
-                log.warning("%s: %d monitored items refused: %s", self._where, len(failures), names)
+                hint = ""
+                if any(c in FILTER_REFUSED and dev.deadband_of(dev.tags[j])[0] == "percent" for j, c in failures):
+                    hint = ("; a percent deadband needs an analog item with an EURange on the server: use "
+                            "deadband_type = \"absolute\" for this node")
+                log.warning("%s: %d monitored items refused: %s%s", self._where, len(failures), names, hint)
             failed += failures
             self._silence_ns = max(dev.keepalive, session.silence_limit_ns)
         if failed:  # one sample each, so these tags do not keep a stale quality from before

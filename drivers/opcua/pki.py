@@ -4,7 +4,8 @@ Layout (the usual OPC UA PKI folders, created by `edge-agent opcua-cert --dir DI
 
     DIR/own/cert.der      the gateway's certificate (give this file to the server's administrator)
     DIR/own/key.pem       its private key (mode 0600)
-    DIR/trusted/          server certificates (or the CAs that issued them) this gateway trusts
+    DIR/trusted/          server certificates (or the CAs that issued them) this gateway trusts, and
+                          the CAs' revocation lists (*.crl, PEM or DER)
     DIR/rejected/         certificates of servers that were refused, ready to be moved to trusted/
 
 Only `cryptography` is imported here: `edge-agent opcua-cert` must work without loading asyncua.
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CERT_SUFFIXES = (".der", ".pem", ".crt", ".cer")
+CRL_SUFFIXES = (".crl",)
 
 
 class UntrustedServer(Exception):
@@ -138,30 +140,65 @@ def _trusted(trust_dir: Path) -> list[x509.Certificate]:
     return out
 
 
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _revocation_lists(trust_dir: Path) -> list[x509.CertificateRevocationList]:
+    out = []
+    for f in sorted(trust_dir.iterdir()):
+        if f.suffix.lower() in CRL_SUFFIXES and f.is_file():
+            try:
+                data = f.read_bytes()
+                out.append(x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data))
+            except (ValueError, OSError):
+                continue
+    return out
+
+
+def _revoked_by(cert: x509.Certificate, ca: x509.Certificate, trust_dir: Path) -> x509.CertificateRevocationList | None:
+    """The CRL of `ca` (signature checked) that lists `cert`, if any. Without a CRL for its CA a
+    certificate counts as not revoked: a plant network rarely reaches a CA's distribution point."""
+    for crl in _revocation_lists(trust_dir):
+        if crl.issuer != ca.subject or not crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
+            continue
+        if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+            return crl
+    return None
+
+
 def check_server_certificate(der: bytes, trust_dir: Path, rejected_dir: Path | None, where: str) -> x509.Certificate:
-    """Return the certificate if trusted (the exact certificate, or one issued by a trusted CA, and in
-    its validity period); otherwise save it to `rejected_dir` and raise UntrustedServer telling the
-    operator which file to move into `trust_dir`.
+    """Return the certificate if trusted (the exact certificate, or one issued by a trusted CA and not
+    on that CA's revocation list, and in its validity period); otherwise save it to `rejected_dir` and
+    raise UntrustedServer telling the operator which file to move into `trust_dir`.
     """
     cert = x509.load_der_x509_certificate(der)
     now = datetime.datetime.now(datetime.UTC)
     trusted = False
+    issuer: x509.Certificate | None = None
     for t in _trusted(trust_dir):
         if t.public_bytes(serialization.Encoding.DER) == der:
             trusted = True
             break
-        if t.subject == cert.issuer:
+        if t.subject == cert.issuer and _is_ca(t):
             try:
                 cert.verify_directly_issued_by(t)
             except (ValueError, TypeError, Exception):
                 continue
-            trusted = True
+            trusted, issuer = True, t
             break
     subject = cert.subject.rfc4514_string() or "(no subject)"
     if trusted:
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
             valid = f"{cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d}"
             raise UntrustedServer(f"{where}: server certificate {subject} is trusted but not valid now ({valid})")
+        if issuer is not None and _revoked_by(cert, issuer, trust_dir) is not None:
+            ca = issuer.subject.rfc4514_string()
+            raise UntrustedServer(f"{where}: server certificate {subject} (serial {cert.serial_number:x}) is revoked "
+                                  f"by its CA {ca}'s revocation list in {trust_dir}")
         return cert
     fp = fingerprint(der)
     hint = f"sha256 {fp}"

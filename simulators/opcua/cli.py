@@ -47,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction, port_type, tick_type) -> None:
     p.add_argument("--pki", type=Path,
                    help="directory of the server certificate (own/cert.der, own/key.pem; created if missing). "
                         "Default: a temporary directory")
+    p.add_argument("--trusted-clients", type=Path, metavar="DIR",
+                   help="accept only client certificates in DIR (or issued by a CA in it), re-read at each "
+                        "session; default: any client certificate")
     p.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD",
                    help="accept this user (repeatable); anonymous access is then refused unless --allow-anonymous")
     p.add_argument("--allow-anonymous", action="store_true", help="accept anonymous sessions even with --user")
@@ -118,7 +121,8 @@ async def run(args: argparse.Namespace) -> int:
             seed=args.seed, tick_ns=args.tick, points=points, security=security, certificate=cert, private_key=key,
             users=users, allow_anonymous=True if args.allow_anonymous else None,
             extra_namespaces=args.extra_namespaces, max_nodes_per_read=args.max_nodes_per_read,
-            bench_nodes=args.bench_nodes, bad_status=bad, clock_offset_ns=args.clock_offset)
+            bench_nodes=args.bench_nodes, bad_status=bad, clock_offset_ns=args.clock_offset,
+            trusted_clients=args.trusted_clients)
     except ValueError as e:
         print(f"edge-agent-sim opcua: {e}", file=sys.stderr)
         return 2

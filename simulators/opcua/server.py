@@ -34,6 +34,7 @@ from asyncua import Server, ua
 from asyncua.common.callback import CallbackType
 from asyncua.crypto.permission_rules import User, UserRole
 
+from simulators.opcua import deadband
 from simulators.opcua.cli import SECURITY_NAMES
 from simulators.plant import DEFAULT_TICK_NS, PLANT, Point, text_of, value_at_tick
 
@@ -63,6 +64,14 @@ SECURITY = {
 
 
 assert tuple(SECURITY) == SECURITY_NAMES
+
+# EURange (Part 8 5.3.2.2) of the built-in plant's analog points, in engineering units: what a percent
+# deadband is a percentage of. Points without one (counters, bits, raw words, profile points) refuse a
+# percent deadband with BadFilterNotAllowed, as a real server's non-analog items do.
+EU_RANGES: dict[str, tuple[float, float]] = {
+    "boiler.temp_supply": (0.0, 150.0), "boiler.temp_return": (0.0, 150.0), "boiler.pressure": (0.0, 10.0),
+    "mixer.flow_setpoint": (0.0, 50.0), "mixer.flow_actual": (0.0, 50.0),
+}
 
 
 def ns_of_tick(k: int, tick_ns: int) -> datetime:
@@ -124,6 +133,7 @@ class OpcUaSimServer:
         bench_nodes: int = 0,
         bad_status: dict[str, int] | None = None,
         clock_offset_ns: int = 0,
+        trusted_clients: Path | None = None,
     ) -> None:
         if tick_ns <= 0:
             raise ValueError("tick_ns must be positive")
@@ -142,6 +152,9 @@ class OpcUaSimServer:
         # A server whose clock is off: ServerStatus/CurrentTime and ServerTimestamps are shifted (the
         # source timestamps stay on the plant's ticks, so values remain predictable).
         self.clock_offset_ns = clock_offset_ns
+        # A directory of client certificates (or their CAs) the server trusts; None: any client certificate.
+        self.trusted_clients = trusted_clients
+        self.refused_clients = 0
         self._status: dict[str, int] = {}  # "device.point" -> StatusCode forced on that node
         for key, code in (bad_status or {}).items():
             self._check_key(key)
@@ -160,6 +173,7 @@ class OpcUaSimServer:
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 4840) -> None:
+        deadband.install()  # asyncua's server lacks percent deadband (simulators/opcua/deadband.py)
         server = Server()
         server.iserver.set_user_manager(self.users)  # type: ignore[arg-type]
         await server.init()
@@ -175,11 +189,14 @@ class OpcUaSimServer:
         if self.certificate is not None and self.private_key is not None:
             await server.load_certificate(str(self.certificate))
             await server.load_private_key(str(self.private_key))
+        if self.trusted_clients is not None:
+            server.set_certificate_validator(self._validate_client)
         for i in range(self.extra_namespaces):
             await server.register_namespace(f"urn:edge-agent:plant-sim:spare{i}")
         self.ns = await server.register_namespace(NAMESPACE_URI)
         await self._write_limits(server)
         await self._build(server)
+        await self._add_eu_ranges(server)
         server.subscribe_server_callback(CallbackType.PreRead, self._pre_read)
         await server.start()
         self._server = server
@@ -287,6 +304,40 @@ class OpcUaSimServer:
                 self._nodes.append(node)
                 self._by_key[f"bench.{i}"] = node
 
+    async def _validate_client(self, cert, app_description) -> None:
+        """CreateSession with a client certificate: refused (BadCertificateUntrusted) unless it is in
+        `trusted_clients`, read again each time so an operator's "trust this client" needs no restart."""
+        from asyncua.common.utils import ServiceError
+        from asyncua.crypto.truststore import TrustStore
+        from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+
+        assert self.trusted_clients is not None
+        options = CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT
+        try:
+            if not any(f.suffix.lower() in (".der", ".pem") for f in self.trusted_clients.iterdir()):
+                raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)  # asyncua's store refuses to be empty
+            store = TrustStore([self.trusted_clients], [])
+            await store.load()
+            await CertificateValidator(options, store).validate(cert, app_description)
+        except Exception:
+            self.refused_clients += 1
+            log.info("refused client certificate %s", cert.subject.rfc4514_string())
+            raise
+
+    async def _add_eu_ranges(self, server: Server) -> None:
+        """An EURange property on each analog point, and its span where the deadband filter finds it."""
+        spans: dict[ua.NodeId, float] = {}
+        for key, (low, high) in EU_RANGES.items():
+            node = self._by_key.get(key)
+            if node is None:
+                continue
+            var = server.get_node(node.nodeid)
+            await var.add_property(ua.NodeId(f"{key}.EURange", self.ns), ua.QualifiedName("EURange", 0),
+                                   ua.Range(Low=low, High=high),
+                                   datatype=ua.NodeId(ua.ObjectIds.Range))
+            spans[node.nodeid] = high - low
+        server.iserver.aspace.eu_spans = spans  # type: ignore[attr-defined]
+
     async def _pre_read(self, event, dispatcher) -> None:
         """Counts Read calls, and refuses one over MaxNodesPerRead as a real server does."""
         params = event.request_params
@@ -334,4 +385,5 @@ class OpcUaSimServer:
         self.ticks_written += 1
 
     def summary(self) -> dict[str, object]:
-        return {"reads": dict(self.reads), "ticks": self.ticks_written, "rejected_users": self.users.rejected}
+        return {"reads": dict(self.reads), "ticks": self.ticks_written, "rejected_users": self.users.rejected,
+                "refused_clients": self.refused_clients}
