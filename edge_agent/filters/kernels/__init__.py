@@ -2,8 +2,8 @@
 
 numba's `Cache.load_overload` starts by refreshing the whole target context: it imports and registers
 every implementation numba has (typed containers, random generators, polynomials, linear algebra, the
-cffi C parser, ...), which is what compiling needs and costs 0.2-0.3 s of CPU, about 40 % of a cached
-start of the agent. Loading object code from the cache needs none of it, only numba's runtime (NRT,
+cffi C parser, ...): what compiling needs, 0.2-0.3 s of CPU, a quarter to a third of a cached start of
+the agent. Loading object code from the cache needs none of it, only numba's runtime (NRT,
 which the kernels' array allocations use). So a load initialises the NRT and loads; a miss (nothing
 cached, a stale or foreign cache) returns None and numba compiles as usual, and its compiler
 refreshes both contexts itself before compiling. If the short path fails in any way, numba's own path
