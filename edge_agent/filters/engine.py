@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -455,6 +456,7 @@ def warm_up(kinds: Iterable[str] | None = None) -> None:
     """
     from edge_agent.config.models import TagBase
 
+    t0 = time.perf_counter()
     want = set(KIND_ORDER if kinds is None else kinds)
     unknown = want - set(KIND_ORDER)
     if unknown:
@@ -472,6 +474,8 @@ def warm_up(kinds: Iterable[str] | None = None) -> None:
         b.quality[:] = 0
         b.ts[:] = np.arange(12)[:, None] * 1_000_000
         engine.process(b)
+    log.info("filter kernels ready (%s) in %.2f s", ", ".join(k for k in KIND_ORDER if k in want),
+             time.perf_counter() - t0)
 
 
 def _warm_up_specs() -> dict[str, FilterSpec]:
