@@ -452,7 +452,7 @@ def warm_up(kinds: Iterable[str] | None = None) -> None:
     first poll, not during it: a poll must never wait for a compiler.
 
     The agent passes the kinds its config uses: each kernel costs a cache load (~5 ms) or, on the first
-    start, a compilation (seconds), and the one it never calls need neither.
+    start, a compilation (seconds), and the ones it never calls need neither.
     """
     from edge_agent.config.models import TagBase
 
