@@ -21,7 +21,7 @@ from edge_agent import __version__
 from edge_agent.batcher import Batcher
 from edge_agent.config.loader import Config
 from edge_agent.config.models import DeviceBase
-from edge_agent.filters.engine import DeviceFilters, warm_up
+from edge_agent.filters.engine import DeviceFilters, kinds_in_use, warm_up
 from edge_agent.filters.snapshot import restore_snapshots, save_snapshot
 from edge_agent.filters.stage import DeviceStage
 from edge_agent.frame.builder import build_frames
@@ -182,7 +182,7 @@ class Agent:
 
         Configs put on `reload` (already validated) are applied live: see `apply`.
         """
-        await asyncio.to_thread(warm_up)
+        await asyncio.to_thread(warm_up, kinds_in_use(self.cfg.devices, self.cfg.filters))
         await self.spool.open()
         last = await self.spool.last_seq()
         depth = await self.spool.depth()
@@ -303,6 +303,9 @@ class Agent:
         """
         old = self.cfg
         plan = plan_reload(old, new)
+        # A filter kind new to this run is loaded (or compiled) here, off the event loop, not by the
+        # first poll that reaches it.
+        await asyncio.to_thread(warm_up, kinds_in_use(new.devices, new.filters))
         for section in plan.needs_restart:
             log.warning("reload: [%s] changed; that takes effect at the next restart", section)
         for name in (*plan.removed, *plan.changed):

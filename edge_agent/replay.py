@@ -180,11 +180,13 @@ class _progress:
     def __enter__(self) -> Any:
         if not self.show:
             return lambda done: None
+        from rich.console import Console
         from rich.progress import BarColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
+        # On stderr, the terminal that was checked: rich's default is stdout, which may be a file.
         self._bar = Progress("[progress.description]{task.description}", BarColumn(),
                              "[progress.percentage]{task.percentage:>3.0f}%", TransferSpeedColumn(),
-                             TimeRemainingColumn(), transient=False)
+                             TimeRemainingColumn(), transient=False, console=Console(stderr=True))
         self._bar.__enter__()
         task = self._bar.add_task(f"replay {self.label}", total=self.total)
         return lambda done: self._bar.update(task, completed=min(done, self.total))

@@ -172,10 +172,14 @@ def ewma_reference(values, quality, on, alpha, threshold, warmup, min_sigma):
                 continue
             d = v - mean
             if count >= warmup[j]:
-                sigma = max(math.sqrt(var), min_sigma[j])
-                z = abs(d) / sigma if sigma > 0 else (0.0 if d == 0 else math.inf)
+                # The documented test (docs/filters.md): squares in float64 for the verdict, the
+                # score in float32 with correctly rounded division and square root.
+                s2 = max(var, min_sigma[j] * min_sigma[j])
+                num, den = np.float32(abs(d)), np.float32(s2)
+                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                    z = np.float32(0.0) if num == 0 and den == 0 else num / np.sqrt(den)
                 sc[i, j] = z
-                if z > threshold[j]:
+                if d * d > threshold[j] * threshold[j] * s2:
                     fl[i, j] |= BIT
             else:
                 fl[i, j] |= F.WARMUP
@@ -198,6 +202,32 @@ def test_ewma_zscore(batch, data):
     got = run_chunked(ewma_zscore_kernel, ts, values, quality, cuts,
                       lambda a, b: (values[a:b], quality[a:b], on, alpha, threshold, warmup, min_sigma, *state),
                       (BIT, WARM))
+    assert_same(*got, *ewma_reference(values, quality, on, alpha, threshold, warmup, min_sigma))
+
+
+@EXAMPLES
+@given(batches(), st.data())
+def test_ewma_zscore_steady(batch, data):
+    """Past warm-up the kernel takes its steady loop (no count, `on` folded into the tile's
+    parameters): a clean prefix long enough for every alpha puts the later calls on it."""
+    _ts, values, quality, on, cuts = batch
+    n, k = values.shape
+    alpha = data.draw(hnp.arrays(np.float64, (k,), elements=st.sampled_from([0.02, 0.1, 0.3, 0.9])))
+    threshold = data.draw(hnp.arrays(np.float64, (k,), elements=st.sampled_from([0.5, 2.0, 4.0])))
+    warmup = data.draw(hnp.arrays(np.int64, (k,), elements=st.integers(2, 8)))
+    min_sigma = data.draw(hnp.arrays(np.float64, (k,), elements=st.sampled_from([0.0, 0.0, 0.1, 1.0])))
+    pre = 60
+    spread = data.draw(st.sampled_from([0.0, 0.05, 2.0]))  # a constant tag; with min_sigma 0.1 or 1 the floor binds
+    prefix = np.round(np.random.default_rng(n * 7 + k).normal(0, spread, (pre, k)) * 4) / 4
+    values = np.concatenate([prefix, values])
+    quality = np.concatenate([np.zeros((pre, k), np.uint8), quality])
+    state = (np.zeros(k), np.zeros(k), np.zeros(k, np.int64))
+    got = run_chunked(ewma_zscore_kernel, None, values, quality, [pre, *[pre + c for c in cuts]],
+                      lambda a, b: (values[a:b], quality[a:b], on, alpha, threshold, warmup, min_sigma, *state),
+                      (BIT, WARM))
+    count = np.where(on != 0, pre, 0)  # the steady loop stops counting: the count after the prefix
+    assert ((on == 0) | ((count >= warmup) & (1.0 / (count + 1) <= alpha))).all()
+    np.testing.assert_array_equal(state[2], count)  # so every later call did take the steady loop
     assert_same(*got, *ewma_reference(values, quality, on, alpha, threshold, warmup, min_sigma))
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import pty
 import subprocess
 import sys
 
@@ -90,3 +92,68 @@ def test_replay_names_the_bad_column_in_one_line(tmp_path):
     assert run.returncode == 65 and run.stderr.strip().endswith(
         "line 2: column 1: 'yesterday' is not a time (unix seconds/ms/us/ns, or ISO 8601)")
     assert "Traceback" not in run.stderr
+
+
+def _write_rows(path, rows: int) -> None:
+    rng = np.random.default_rng(3)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(("time", "boiler/temp", "boiler/pressure"))
+        for start in range(0, rows, 10_000):
+            n = min(10_000, rows - start)
+            temp = 60 + rng.normal(0, 0.5, n)
+            w.writerows([str(1_709_251_200 + start + i), f"{t:.3f}", "2.5"] for i, t in enumerate(temp))
+
+
+def _peak_rss_kb(tmp_path, rows: int) -> int:
+    """Peak RSS of one replay process over `rows` rows (wait4 gives that child's own figure)."""
+    work = tmp_path / f"r{rows}"
+    work.mkdir()
+    cfg = work / "plant.toml"
+    cfg.write_text(CONFIG.replace("{state}", str(work / "state")))
+    _write_rows(work / "in.csv", rows)
+    proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "replay", "-c", str(cfg), "--csv",
+                             str(work / "in.csv"), "--out", str(work / "out.csv"), "--no-progress"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, stderr
+    assert f"{rows} rows".encode() in stderr
+    return usage.ru_maxrss
+
+
+def test_replay_streams_a_large_file_in_flat_memory(tmp_path):
+    # 150,000 more rows held in memory as parsed CSV rows would be ~40 MB more; streamed, they cost nothing.
+    small, large = _peak_rss_kb(tmp_path, 10_000), _peak_rss_kb(tmp_path, 160_000)
+    assert large - small < 12_000, (small, large)
+
+
+def test_replay_shows_a_progress_bar_on_a_terminal_and_none_in_a_pipe(tmp_path):
+    cfg = tmp_path / "plant.toml"
+    cfg.write_text(CONFIG.replace("{state}", str(tmp_path / "state")))
+    _write_rows(tmp_path / "in.csv", 20_000)
+    cmd = [sys.executable, "-m", "edge_agent.cli", "replay", "-c", str(cfg), "--csv", str(tmp_path / "in.csv"),
+           "--out", str(tmp_path / "out.csv")]
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=follower,
+                                env={**os.environ, "COLUMNS": "120"})
+        os.close(follower)
+        screen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the replay closed its end of the terminal
+                break
+            if not chunk:
+                break
+            screen += chunk
+        assert proc.wait(timeout=120) == 0, screen.decode(errors="replace")
+    finally:
+        os.close(leader)
+    text = screen.decode(errors="replace")
+    assert "replay in.csv" in text and "100%" in text, text
+    piped = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    assert "replay in.csv" not in piped.stderr and "20000 rows" in piped.stderr

@@ -224,3 +224,20 @@ def test_status_without_an_agent_is_one_line():
                            f"http://127.0.0.1:{port}/metrics"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 69
     assert len(proc.stderr.strip().splitlines()) == 1 and "cannot read" in proc.stderr
+
+
+def test_a_reload_loads_a_new_filter_kind_before_applying(procs, broker, tmp_path):
+    """The agent loads only the kernels its config uses; a reload that brings a new kind loads it
+    before the new filters take the polls (a first poll must never wait for a compiler)."""
+    v1 = synthetic(tmp_path, broker, {"line": (3, "100ms")})
+    agent = procs(agent_cmd(v1), "agent")
+    wait_for(lambda: "starting" in agent.stderr() or not agent.alive(), 60, "the agent's start")
+    assert "filter kernels ready" not in agent.stderr()  # no filters configured: no kernel loaded
+    text = v1.read_text().replace('[[devices.tags]]\nname = "t0"\n',
+                                  '[[devices.tags]]\nname = "t0"\nfilters = ["spike"]\n')
+    v1.write_text(text + '\n[filters.spike]\nkind = "hampel"\nwindow = 5\n')
+    agent.popen.send_signal(signal.SIGHUP)
+    wait_for(lambda: "applied" in agent.stderr() or not agent.alive(), 60, "the reload")
+    log = agent.stderr()
+    assert "filter kernels ready (hampel)" in log, log
+    assert log.index("filter kernels ready (hampel)") < log.index("applied")

@@ -7,21 +7,30 @@ is max(alpha, 1/count): the mean and variance start as the plain running mean an
 variance and hand over to the EWMA smoothly, instead of starting from an arbitrary 0. Those samples
 are flagged WARMUP and not judged.
 
-Speed (docs/filters.md, "Cost"): the tags are walked in tiles of TILE, all rows of the batch per tile,
-so a tile's parameters and state stay in L1 across the rows instead of streaming the whole plant's
-state through the cache once per row. Once every tag of a tile has left warm-up and 1/(count+1) can
-no longer beat alpha (it only shrinks), the tile takes a loop without that division: what remains per
-sample is one square root and one division (|d| / sigma), which is what bounds this filter.
+With d = x - mean and s2 = max(var, min_sigma^2) (both before the sample is folded in), the sample
+fires when d^2 > threshold^2 * s2, in float64: the same verdict as |d| / sqrt(s2) > threshold but
+without a square root or a division, which is what bounded this filter (docs/filters.md, "Cost").
+The score |z| is what the frame carries as float32 anyway, so it is computed in float32:
+float32(|d|) / sqrt(float32(s2)); IEEE division and square root are correctly rounded, so a plain
+NumPy reference doing the same float32 operations agrees bit for bit, and float32 lanes are twice as
+many per vector register and far cheaper in the divider.
+
+Speed: the tags are walked in tiles of TILE, all rows of the batch per tile, so a tile's parameters
+and state stay in L1 across the rows. Once every tag of a tile is past warm-up and 1/(count+1) can
+no longer beat alpha (it only shrinks), the tile takes a steady loop: no warm-up weight, no count
+(it has done its job: a steady tag stays steady), and `on` folded into the tile's squared
+threshold and floor (NaN for a tag that is off: it never fires and its score is NaN; its mean and
+variance, which nothing reads, follow the data).
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from numba import njit
 
 TILE = 256  # tags per tile: ~15 KB of parameters and state, well inside a 32 KB L1 data cache
+
+F32 = np.float32
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -30,23 +39,29 @@ def ewma_zscore_kernel(
     warmup: np.ndarray, min_sigma: np.ndarray, mean: np.ndarray, var: np.ndarray, count: np.ndarray,
     bit: np.uint32, warm_bit: np.uint32, flags: np.ndarray, scores: np.ndarray,
 ) -> int:
-    """Sets `bit` where |z| > threshold, writes |z| to scores (NaN where not judged).
+    """Sets `bit` where d^2 > threshold^2 * s2, writes |z| to scores (NaN where not judged).
 
     z uses the mean and variance *before* the sample is folded in: a spike is judged against the
-    history it breaks from. sigma is floored at min_sigma so that a tag that was perfectly constant
-    does not alarm on its first least-significant-bit change (0/0 counts as z = 0, x/0 as infinite).
+    history it breaks from. The variance is floored at min_sigma^2 so that a tag that was perfectly
+    constant does not alarm on its first least-significant-bit change (0/0 counts as z = 0, x/0 as
+    infinite).
     """
     n, k = values.shape
     fired = 0
+    thr2 = np.empty(TILE)
+    floor2 = np.empty(TILE)
     for t in range((k + TILE - 1) // TILE):
         j0 = t * TILE
         w = min(TILE, k - j0)
         # Steady tile: no tag can be in warm-up or take a weight above alpha during this call, since
         # count only grows (and a tag that is off never uses a sample).
         steady = True
-        for j in range(j0, j0 + w):
+        for jj in range(w):
+            j = j0 + jj
             if on[j] != 0 and (count[j] < warmup[j] or 1.0 / (count[j] + 1) > alpha[j]):
                 steady = False
+            thr2[jj] = threshold[j] * threshold[j] if on[j] != 0 else np.nan
+            floor2[jj] = min_sigma[j] * min_sigma[j] if on[j] != 0 else np.nan
         for i in range(n):
             # Row views and a tile index from 0: the form LLVM vectorises (a loop from j0 to j1 over
             # the 2-D arrays is left scalar). Branch-free bodies (selects, not ifs) for the same reason.
@@ -55,22 +70,28 @@ def ewma_zscore_kernel(
                 for jj in range(w):
                     j = j0 + jj
                     v = vi[j]
-                    use = (on[j] != 0) & ((qi[j] & 0x80) == 0) & np.isfinite(v)
+                    use = ((qi[j] & 0x80) == 0) & np.isfinite(v)
                     m = mean[j]
                     s2 = var[j]
-                    d = v - m
-                    sd = math.sqrt(s2)
-                    sigma = sd if sd > min_sigma[j] else min_sigma[j]
-                    z = 0.0 if d == 0.0 else abs(d) / sigma
-                    fire = use & (z > threshold[j])
+                    # An unusable sample gets d = 0: mean + alpha * 0 is the mean unchanged, so
+                    # only the variance needs a select (and alpha is loaded unconditionally, which
+                    # keeps it out of a slow masked load).
+                    d = (v if use else m) - m
+                    f2 = floor2[jj]
+                    s2f = s2 if s2 > f2 else f2
+                    fire = d * d > thr2[jj] * s2f
                     fi[j] |= np.uint32(fire) * bit
                     fired += fire
                     a = alpha[j]
                     incr = a * d
-                    mean[j] = m + incr if use else m
-                    var[j] = (1.0 - a) * (s2 + d * incr) if use else s2
-                    count[j] += use
-                    si[j] = z if use else np.nan
+                    mean[j] = m + incr
+                    nv = (1.0 - a) * (s2 + d * incr)
+                    var[j] = nv if use else s2
+                    # NaN for an unused sample chosen before the narrowing: one float64 mask, not two.
+                    num = F32(abs(d) if use else np.nan)
+                    den = F32(s2f)
+                    z = num / np.sqrt(den)
+                    si[j] = F32(0.0) if (num == F32(0.0)) & (den == F32(0.0)) else z
                 continue
             for jj in range(w):
                 j = j0 + jj
@@ -81,10 +102,9 @@ def ewma_zscore_kernel(
                 s2 = var[j]
                 d = v - m
                 judged = use & (c >= warmup[j])
-                sd = math.sqrt(s2)
-                sigma = sd if sd > min_sigma[j] else min_sigma[j]
-                z = 0.0 if d == 0.0 else abs(d) / sigma
-                fire = judged & (z > threshold[j])
+                f2 = floor2[jj]
+                s2f = s2 if s2 > f2 else f2
+                fire = judged & (d * d > thr2[jj] * s2f)
                 fi[j] |= np.uint32(fire) * bit | np.uint32(use & ~judged) * warm_bit
                 fired += fire
                 inv = 1.0 / (c + 1)
@@ -93,5 +113,8 @@ def ewma_zscore_kernel(
                 mean[j] = m + incr if use else m
                 var[j] = (1.0 - a) * (s2 + d * incr) if use else s2
                 count[j] = c + use
-                si[j] = z if judged else np.nan
+                num = F32(abs(d) if judged else np.nan)
+                den = F32(s2f)
+                z = num / np.sqrt(den)
+                si[j] = F32(0.0) if (num == F32(0.0)) & (den == F32(0.0)) else z
     return fired

@@ -1,0 +1,80 @@
+"""Kernels loaded from NUMBA_CACHE_DIR by the short path (edge_agent/filters/kernels/__init__.py) give
+exactly what numba's own loading gives, and the short path really skips numba's registry set-up.
+
+Each start is a fresh process on the tests' shared cache, as the agent's later starts are."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from edge_agent.filters.engine import KIND_ORDER, warm_up
+
+START = r"""
+import hashlib, json, sys
+import numpy as np
+from edge_agent.config.models import DeviceBase, TagBase
+from edge_agent.filters.bench import SPECS
+from edge_agent.filters.engine import KIND_ORDER, DeviceFilters, warm_up
+from edge_agent.samples import Batch
+
+warm_up(sys.argv[1].split(","))
+specs = {kind: SPECS[kind] for kind in KIND_ORDER}
+specs["multivariate"] = specs["multivariate"].model_copy(update={"training": 30})
+tags = [TagBase(name=f"t{j}", filters=list(specs)) for j in range(12)]
+engine = DeviceFilters(DeviceBase(name="d", protocol="none", tags=tags), specs)
+rng = np.random.default_rng(5)
+digest = hashlib.sha256()
+for call in range(6):
+    b = Batch.empty("d", 40, 12)
+    b.values[:] = np.cumsum(rng.normal(size=(40, 12)), axis=0)
+    b.values[rng.random((40, 12)) < 0.05] = np.nan
+    b.quality[:] = np.where(rng.random((40, 12)) < 0.05, 0x81, 0)
+    b.ts[:] = (call * 40 + np.arange(40))[:, None] * 1_000_000_000
+    scores = engine.process(b)
+    digest.update(b.flags.tobytes())
+    for kind in sorted(scores):
+        digest.update(kind.encode() + scores[kind].tobytes())
+from numba.core.registry import CPUDispatcher
+import gc
+kernels = [o for o in gc.get_objects()
+           if isinstance(o, CPUDispatcher) and o.__module__.startswith("edge_agent.filters")]
+print(json.dumps({
+    "digest": digest.hexdigest(),
+    "hits": sum(sum(k.stats.cache_hits.values()) for k in kernels),
+    "misses": sum(sum(k.stats.cache_misses.values()) for k in kernels),
+    "registries": "numba.core.typing.cffi_utils" in sys.modules,
+}))
+"""
+
+
+def _start(kinds: str, full: bool) -> dict:
+    env = {**os.environ, "EDGE_AGENT_NUMBA_FULL_LOAD": "1" if full else "0"}
+    run = subprocess.run([sys.executable, "-c", START, kinds], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_short_cache_load_gives_numbas_results_without_its_registry_set_up():
+    warm_up()  # every kernel into the shared cache (compiled here if it is not there yet)
+    kinds = ",".join(KIND_ORDER)
+    short, full = _start(kinds, full=False), _start(kinds, full=True)
+    assert short["digest"] == full["digest"]
+    for doc in (short, full):
+        assert doc["misses"] == 0 and doc["hits"] >= len(KIND_ORDER)  # loaded, not compiled
+    assert not short["registries"] and full["registries"]
+
+
+def test_warm_up_loads_only_the_kinds_asked_for():
+    warm_up()
+    run = subprocess.run([sys.executable, "-c", (
+        "import sys, gc\n"
+        "from edge_agent.filters.engine import warm_up\n"
+        "warm_up(['ewma_zscore', 'limits'])\n"
+        "from numba.core.registry import CPUDispatcher\n"
+        "print(sorted(o.py_func.__name__ for o in gc.get_objects() if isinstance(o, CPUDispatcher) and o.overloads))\n"
+    )], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1] == "['ewma_zscore_kernel', 'severity_limits_kernel']"
