@@ -24,6 +24,7 @@ from edge_agent.config.models import DeviceBase
 from edge_agent.filters.engine import DeviceFilters, warm_up
 from edge_agent.filters.snapshot import restore_snapshots, save_snapshot
 from edge_agent.filters.stage import DeviceStage
+from edge_agent.frame import fastpack
 from edge_agent.frame.builder import build_frames
 from edge_agent.frame.model import Block, Frame
 from edge_agent.metrics import serve as serve_metrics
@@ -179,6 +180,7 @@ class Agent:
         Configs put on `reload` (already validated) are applied live: see `apply`.
         """
         await asyncio.to_thread(warm_up)
+        await asyncio.to_thread(fastpack.warm_up)
         await self.spool.open()
         last = await self.spool.last_seq()
         depth = await self.spool.depth()
