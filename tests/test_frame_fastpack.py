@@ -6,16 +6,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent.frame import fastpack
 from edge_agent.frame.codec import decode_frame, encode_frame
 from edge_agent.frame.model import Block, Frame
-from tests.test_frame_codec import BOOT, FAST, blocks, frames, make_block
+from tests.test_frame_codec import BOOT, EDGE_FLOATS, FAST, NAN_BITS, bits_to_float, blocks, frames, make_block
+
+EDGE_INTS = [0, 1, 31, 32, 127, 128, 255, 256, 65535, 65536, 2**31 - 1, 2**31, 2**32 - 1]
 
 
-@FAST
+@settings(FAST, max_examples=300)
 @given(frames(), st.sampled_from([None, 3]))
 def test_fast_path_gives_the_reference_bytes(frame: Frame, level: int | None) -> None:
     for block in frame.blocks:
@@ -29,6 +31,33 @@ def test_fast_path_on_larger_blocks(block: Block) -> None:
     # Longer columns cross the bin 8 / bin 16 headers and the fixarray / array 16 tag-count header.
     frame = Frame("gw", BOOT, 7, 1, [block])
     assert fastpack.encode_frame(frame) == encode_frame(frame)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 8, 9, 48, 49, 56, 57, 63, 64, 65, 300])
+def test_edges_of_every_choice(n: int) -> None:
+    """Hand-picked boundaries, where an off-by-one in a size or range check would show."""
+    rng = np.random.default_rng(n)
+    cols, types = [], []
+    for x in [*EDGE_FLOATS, *map(bits_to_float, NAN_BITS)]:
+        cols.append(np.full(n, x))  # constants: k against u1 / i1 / b by n
+        cols.append(np.where(np.arange(n) % 2 == 0, x, 0.0))  # a value against zero
+        cols.append(np.where(np.arange(n) % 3 == 0, x, -1.0))
+    cols += [np.arange(n) % 2 * 1.0, np.ones(n), np.zeros(n), -np.zeros(n), rng.standard_normal(n)]
+    values = np.stack(cols, axis=1)
+    k = values.shape[1]
+    types = ["float64"] * k
+    quality = np.zeros((n, k), np.uint8)
+    flags = np.zeros((n, k), np.uint32)
+    for j in range(k):
+        v = EDGE_INTS[j % len(EDGE_INTS)]
+        flags[:, j] = v if j % 2 else np.where(np.arange(n) % 2 == 0, v, 0)
+        quality[:, j] = min(v, 255) if j % 3 else np.where(np.arange(n) % 2 == 0, min(v, 255), 0)
+    for j, step in enumerate([0, 1, 127, 128, 32767, 32768, 2**31 - 1, 2**31, -(2**63), 2**63 - 1]):
+        ts = (np.arange(n, dtype=np.uint64) * np.uint64(step % 2**64)).view(np.int64) - (j << 40)
+        block = make_block(f"dev{j}", [f"t{i}" for i in range(k)], types, ts, values, quality, flags)
+        frame = Frame("gw", BOOT, 2**64 - 1, -(2**63), [block])
+        assert fastpack.encode_block(block) is not None
+        assert fastpack.encode_frame(frame) == encode_frame(frame)
 
 
 def test_long_names_and_many_tags_use_the_wider_msgpack_headers() -> None:

@@ -26,9 +26,9 @@ import logging
 import socket
 import struct
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 from drivers.modbus.endpoint import Endpoint
 
@@ -88,11 +88,12 @@ class Read:
     start: int
     count: int
 
-    @property
+    # Cached: a driver reuses one Read per planned request, and these run on every request.
+    @cached_property
     def pdu(self) -> bytes:
         return struct.pack(">BHH", self.function, self.start, self.count)
 
-    @property
+    @cached_property
     def byte_count(self) -> int:
         return (self.count + 7) // 8 if self.function in (1, 2) else 2 * self.count
 
@@ -309,7 +310,9 @@ class TcpBus(Bus):
         super().__init__(endpoint)
         self._tid = 0
         self._pending: dict[int, tuple[asyncio.Future[tuple[int, bytes]], Count]] = {}
-        self._abandoned: deque[tuple[int, Count]] = deque(maxlen=self.ABANDONED_KEEP)
+        # tid -> counter of requests that timed out, oldest first; a dict so that looking up a
+        # tid costs one probe per request, not a scan of up to ABANDONED_KEEP entries.
+        self._abandoned: dict[int, Count] = {}
 
     def _new_wire(self) -> _Wire:
         wire = _Wire()
@@ -332,7 +335,7 @@ class TcpBus(Bus):
                 if not entry[0].done():
                     entry[0].set_result((unit, pdu))
                 continue
-            late = next((c for t, c in self._abandoned if t == tid), None)
+            late = self._abandoned.get(tid)
             if late is not None:
                 late("late")  # an answer after its timeout: harmless with ids, but counted
                 continue
@@ -362,7 +365,7 @@ class TcpBus(Bus):
     def _next_tid(self) -> int:
         for _ in range(0x10000):
             self._tid = (self._tid + 1) & 0xFFFF
-            if self._tid not in self._pending and all(t != self._tid for t, _ in self._abandoned):
+            if self._tid not in self._pending and self._tid not in self._abandoned:
                 return self._tid
         raise LinkError("connection", "no free transaction id")
 
@@ -388,7 +391,9 @@ class TcpBus(Bus):
                 _, reply = await fut
             except _Expired:
                 self._pending.pop(tid, None)
-                self._abandoned.append((tid, count))
+                if len(self._abandoned) >= self.ABANDONED_KEEP:
+                    del self._abandoned[next(iter(self._abandoned))]
+                self._abandoned[tid] = count
                 # Silence on the whole connection since we sent: the link (or the server) is dead, so
                 # reconnect. Other traffic got through: only this unit is silent; keep the others going.
                 silent = wire.rx_bytes == rx_before

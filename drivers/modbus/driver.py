@@ -89,6 +89,7 @@ class ModbusDriver:
         self._all_columns = len(self.groups) == 1
         self.bus: Bus | None = None
         self._troubled = False  # some request or tag has been reported bad: check for recoveries
+        self._reads: dict[int, tuple[ReadRequest, Read]] = {}  # id(request) -> (request, its wire form)
 
     @property
     def plan(self) -> list[ReadRequest]:
@@ -234,7 +235,11 @@ class ModbusDriver:
     async def _request(self, gi: int, req: ReadRequest, row: _Row, pause_s: float) -> None:
         """Send one request (with retries) and fill its columns; raises _LinkFailed to end the poll."""
         assert self.bus is not None
-        wire = Read(req.unit, req.function, req.start, req.count)
+        hit = self._reads.get(id(req))
+        if hit is None or hit[0] is not req:
+            hit = (req, Read(req.unit, req.function, req.start, req.count))
+            self._reads[id(req)] = hit  # holds req: its id stays unique; splits add a few, once
+        wire = hit[1]
         last: Exception | None = None
         for attempt in range(self.device.retries + 1):
             if attempt:

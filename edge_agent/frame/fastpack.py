@@ -83,13 +83,108 @@ def _uint(out, pos, x):
     if x < 65536:
         out[pos] = 0xCD
         return _put_be(out, pos + 1, np.uint64(x), 2)
-    out[pos] = 0xCE
-    return _put_be(out, pos + 1, np.uint64(x), 4)
+    if x < 4294967296:
+        out[pos] = 0xCE
+        return _put_be(out, pos + 1, np.uint64(x), 4)
+    out[pos] = 0xCF
+    return _put_be(out, pos + 1, np.uint64(x), 8)
 
 
 @njit(cache=True, nogil=True)
-def _pack_tags(values, quality, flags, heads, head_off, codes, code_off, out):
-    """Write the k tag arrays of a block (without the enclosing array header); returns the length.
+def _int(out, pos, x):
+    """msgpack's shortest form of an int64: unsigned formats for x >= 0, as msgpack.packb does."""
+    if x >= 0:
+        return _uint(out, pos, np.uint64(x))
+    u = np.uint64(x)  # two's complement bits
+    if x >= -32:
+        out[pos] = u & np.uint64(0xFF)
+        return pos + 1
+    if x >= -128:
+        out[pos] = 0xD0
+        return _put_be(out, pos + 1, u, 1)
+    if x >= -32768:
+        out[pos] = 0xD1
+        return _put_be(out, pos + 1, u, 2)
+    if x >= -2147483648:
+        out[pos] = 0xD2
+        return _put_be(out, pos + 1, u, 4)
+    out[pos] = 0xD3
+    return _put_be(out, pos + 1, u, 8)
+
+
+@njit(cache=True, nogil=True)
+def _array_len(out, pos, k):
+    if k < 16:
+        out[pos] = 0x90 | k
+        return pos + 1
+    if k < 65536:
+        out[pos] = 0xDC
+        return _put_be(out, pos + 1, np.uint64(k), 2)
+    out[pos] = 0xDD
+    return _put_be(out, pos + 1, np.uint64(k), 4)
+
+
+@njit(cache=True, nogil=True)
+def _pack_ts(ts, out, pos):
+    """codec._encode_ts: [n, t0, enc, deltas], deltas with 64-bit wrap-around, narrowest width."""
+    n = ts.shape[0]
+    out[pos] = 0x94
+    pos += 1
+    if n == 0:  # [0, 0, "i1", b""]
+        out[pos] = 0
+        out[pos + 1] = 0
+        out[pos + 2] = 0xA2
+        out[pos + 3] = 0x69  # "i"
+        out[pos + 4] = 0x31  # "1"
+        out[pos + 5] = 0xC4
+        out[pos + 6] = 0
+        return pos + 7
+    pos = _uint(out, pos, np.uint64(n))
+    pos = _int(out, pos, ts[0])
+    lo = np.int64(0)
+    hi = np.int64(0)
+    for i in range(1, n):
+        d = np.int64(np.uint64(ts[i]) - np.uint64(ts[i - 1]))
+        if i == 1 or d < lo:
+            lo = d
+        if i == 1 or d > hi:
+            hi = d
+    if lo >= -128 and hi <= 127:
+        width = 1
+    elif lo >= -32768 and hi <= 32767:
+        width = 2
+    elif lo >= -2147483648 and hi <= 2147483647:
+        width = 4
+    else:
+        width = 8
+    out[pos] = 0xA2
+    out[pos + 1] = 0x69  # "i"
+    out[pos + 2] = 0x31 if width == 1 else 0x32 if width == 2 else 0x34 if width == 4 else 0x38
+    pos = _bin_header(out, pos + 3, width * (n - 1))
+    for i in range(1, n):
+        x = np.uint64(ts[i]) - np.uint64(ts[i - 1])
+        for q in range(width):
+            out[pos + q] = (x >> np.uint64(8 * q)) & np.uint64(0xFF)
+        pos += width
+    return pos
+
+
+@njit(cache=True, nogil=True)
+def _pack_block(device, ts, values, quality, flags, heads, head_off, codes, code_off, out):
+    """A whole block: [device, ts, tags]; device is its packed msgpack str. Returns the length."""
+    out[0] = 0x93
+    pos = 1
+    for p in range(device.shape[0]):
+        out[pos] = device[p]
+        pos += 1
+    pos = _pack_ts(ts, out, pos)
+    pos = _array_len(out, pos, values.shape[1])
+    return _pack_tags(values, quality, flags, heads, head_off, codes, code_off, out, pos)
+
+
+@njit(cache=True, nogil=True)
+def _pack_tags(values, quality, flags, heads, head_off, codes, code_off, out, pos):
+    """Write the k tag arrays of a block at out[pos:] (after the array header); returns the end.
 
     Mirrors codec._encode_values / _encode_uniform_or_bin / _encode_flags choice for choice.
     """
@@ -98,7 +193,6 @@ def _pack_tags(values, quality, flags, heads, head_off, codes, code_off, out):
     v32 = values.astype(np.float32)
     bits32 = v32.view(np.uint32)
     round_trip = v32.astype(np.float64).view(np.uint64)  # f4 is exact where this equals bits
-    pos = 0
     for j in range(k):
         for p in range(head_off[j], head_off[j + 1]):
             out[pos] = heads[p]
@@ -288,6 +382,7 @@ def _pack_heads(tags: tuple[str, ...], types: tuple[str, ...]) -> tuple[np.ndarr
 
 
 _heads = _Heads()
+_devices: dict[str, np.ndarray] = {}  # device name -> its packed msgpack str
 
 
 def _array_header(k: int) -> bytes:
@@ -342,17 +437,22 @@ def encode_block(block: Block) -> bytes | None:
     if layout is None:
         return None
     heads, off = layout
-    try:
-        head = b"\x93" + msgpack.packb(block.device) + msgpack.packb(codec._encode_ts(block.ts))
-    except UnicodeEncodeError:
-        return None  # the reference raises its own error for it
+    device = _devices.get(block.device)
+    if device is None:
+        try:
+            device = np.frombuffer(msgpack.packb(block.device), dtype=np.uint8).copy()
+        except UnicodeEncodeError:
+            return None  # the reference raises its own error for it
+        if len(_devices) >= _Heads.MAX_LAYOUTS:
+            _devices.clear()
+        _devices[block.device] = device
     n, k = block.values.shape
-    values = np.ascontiguousarray(block.values)
-    quality = np.ascontiguousarray(block.quality)
-    flags = np.ascontiguousarray(block.flags)
-    out = np.empty(len(heads) + k * (30 + 13 * n), dtype=np.uint8)
-    size = _pack_tags(values, quality, flags, heads, off, _CODE_BYTES, _CODE_OFF, out)
-    return head + _array_header(k) + out[:size].tobytes()
+    # 1 + device + ts (at most 1 + 9 + 9 + 3 + 5 + 8n) + tags header (5) + per tag at most 27 + 13n
+    out = np.empty(len(device) + len(heads) + 32 + 8 * n + k * (30 + 13 * n), dtype=np.uint8)
+    size = _pack_block(device, np.ascontiguousarray(block.ts), np.ascontiguousarray(block.values),
+                       np.ascontiguousarray(block.quality), np.ascontiguousarray(block.flags),
+                       heads, off, _CODE_BYTES, _CODE_OFF, out)
+    return out[:size].tobytes()
 
 
 def encode_frame(frame: Frame, *, zstd_level: int | None = None) -> bytes:
