@@ -90,6 +90,7 @@ class ModbusDriver:
         self.bus: Bus | None = None
         self._troubled = False  # some request or tag has been reported bad: check for recoveries
         self._reads: dict[int, tuple[ReadRequest, Read]] = {}  # id(request) -> (request, its wire form)
+        self._templates: dict[int, ModbusBatch] = {}  # poll group -> its empty one-row batch
 
     @property
     def plan(self) -> list[ReadRequest]:
@@ -185,7 +186,7 @@ class ModbusDriver:
     async def _poll(self, gi: int) -> None:
         group = self.groups[gi]
         k = len(group.columns)
-        batch = ModbusBatch.empty(self.device.name, 1, k, None if self._all_columns else group.columns)
+        batch = self._empty_row(gi, k)
         row = _Row(batch)
         self.stats.polls += 1
         plan = list(self._plans[gi])
@@ -231,6 +232,15 @@ class ModbusDriver:
             self.bus.close("close_after_poll")
             self.stats.connected = False
         self.sink(batch)
+
+    def _empty_row(self, gi: int, k: int) -> ModbusBatch:
+        """ModbusBatch.empty(device, 1, k, columns), copied from a template: np.full per poll is slow."""
+        tpl = self._templates.get(gi)
+        if tpl is None:
+            tpl = ModbusBatch.empty(self.device.name, 1, k, None if self._all_columns else self.groups[gi].columns)
+            self._templates[gi] = tpl
+        return ModbusBatch(tpl.device, tpl.ts.copy(), tpl.values.copy(), tpl.quality.copy(), tpl.flags.copy(),
+                           tpl.columns)
 
     async def _request(self, gi: int, req: ReadRequest, row: _Row, pause_s: float) -> None:
         """Send one request (with retries) and fill its columns; raises _LinkFailed to end the poll."""

@@ -355,7 +355,9 @@ class _Heads:
         if hit is not None and hit[0] is tags and hit[1] is types:
             return hit[2]
         key = (tags, types)
-        got = self._by_value[key] if key in self._by_value else _pack_heads(tags, types)
+        if key in self._by_value:  # a new tuple of a known layout (a slice of the device's tags)
+            return self._by_value[key]
+        got = _pack_heads(tags, types)
         with self._lock:  # build_frames may run on more than one thread
             if len(self._by_value) >= self.MAX_LAYOUTS:
                 self._by_value.clear()
