@@ -266,8 +266,12 @@ class Agent:
         return (f"devices {up}/{len(self.drivers)} up, {self.counters.points_in / elapsed:.0f} points/s, "
                 f"{spool}, {uplink}")
 
-    async def _heartbeat(self, period_s: float = 0.5) -> None:
-        """Watchdog pings come from the event loop itself: if the loop blocks, systemd restarts us."""
+    async def _heartbeat(self, period_s: float = 5.0) -> None:
+        """Watchdog pings come from the event loop itself: if the loop blocks, systemd restarts us.
+
+        Every 5 s (or the watchdog's half period, if shorter): often enough for STATUS= and for the
+        loop-lag gauge to show a stall, and an idle agent does not wake up just to say it is alive.
+        """
         watchdog = watchdog_interval_s()
         period_s = min(period_s, watchdog) if watchdog else period_s
         last_status = 0.0
@@ -276,7 +280,7 @@ class Agent:
             await asyncio.sleep(period_s)
             self.loop_lag_s = max(0.0, time.monotonic() - t0 - period_s)
             fields: dict[str, object] = {"WATCHDOG": 1} if watchdog else {}
-            if time.monotonic() - last_status >= 5:
+            if self.notifier.enabled and time.monotonic() - last_status >= 5:
                 fields["STATUS"] = self.status_line()
                 last_status = time.monotonic()
             if fields:
