@@ -95,6 +95,11 @@ class _GrownBlock(Block):
     status: np.ndarray | None = None
 
 
+@dataclass(slots=True)
+class _GrownTwice(_GrownBlock):
+    text: dict | None = None
+
+
 def test_unknown_fields_are_declined_unless_empty() -> None:
     base = make_block("d", ["a"], ["float32"], [1], [[1.5]])
     empty = _GrownBlock(base.device, base.tags, base.types, base.ts, base.values, base.quality, base.flags)
@@ -102,6 +107,12 @@ def test_unknown_fields_are_declined_unless_empty() -> None:
     full = _GrownBlock(base.device, base.tags, base.types, base.ts, base.values, base.quality, base.flags,
                        status=np.ones((1, 1), np.uint32))
     assert fastpack.encode_block(full) is None
+    deeper = _GrownTwice(base.device, base.tags, base.types, base.ts, base.values, base.quality, base.flags,
+                         status=np.ones((1, 1), np.uint32))
+    assert fastpack.encode_block(deeper) is None  # a field of an intermediate class counts too
+    texted = _GrownTwice(base.device, base.tags, base.types, base.ts, base.values, base.quality, base.flags,
+                         text={0: "abc"})
+    assert fastpack.encode_block(texted) is None
 
 
 @pytest.mark.parametrize("mutate", [

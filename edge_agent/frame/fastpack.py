@@ -31,6 +31,7 @@ __all__ = ["encode_block", "encode_frame", "warm_up"]
 # (None, or an empty container or array), else the block carries something only the reference knows.
 _KNOWN_FIELDS = frozenset({"device", "tags", "types", "ts", "values", "quality", "flags", "scores"})
 _VALUE_TYPES = frozenset(VALUE_TYPES)
+_EXTRA: dict[type, tuple[str, ...]] = {}  # block class -> its fields beyond _KNOWN_FIELDS
 
 # Value codes, in the reference's tie-break order after "k" and "b"; index = code id in the kernel.
 _CODES = ("u1", "i1", "u2", "i2", "u4", "i4", "f4", "u8", "i8", "f8", "k", "b")
@@ -406,9 +407,19 @@ def _empty(value: object) -> bool:
         return False
 
 
+def _extra_fields(cls: type) -> tuple[str, ...]:
+    """Slots of the block's class and its bases beyond the fields this module encodes."""
+    names = [n for c in cls.__mro__ for n in getattr(c, "__slots__", ())]
+    return tuple(n for n in names if n not in _KNOWN_FIELDS and not n.startswith("__"))
+
+
 def _supported(block: Block) -> bool:
-    for name in getattr(type(block), "__slots__", ()):
-        if name not in _KNOWN_FIELDS and not _empty(getattr(block, name, None)):
+    cls = type(block)
+    extra = _EXTRA.get(cls)
+    if extra is None:
+        extra = _EXTRA[cls] = _extra_fields(cls)
+    for name in extra:
+        if not _empty(getattr(block, name, None)):
             return False
     if getattr(block, "__dict__", None):  # a subclass without slots carrying extra attributes
         return False
