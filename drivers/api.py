@@ -7,6 +7,7 @@ drivers/ plus one entry point, and nothing else changes.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -50,7 +51,7 @@ class DriverStats:
         self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
 
     def observe_latency(self, seconds: float) -> None:
-        i = next((n for n, bound in enumerate(LATENCY_BUCKETS) if seconds <= bound), len(LATENCY_BUCKETS))
+        i = bisect.bisect_left(LATENCY_BUCKETS, seconds)  # first bucket with seconds <= bound
         self.latency_counts[i] += 1
         self.latency_sum += seconds
 

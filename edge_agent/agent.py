@@ -24,6 +24,7 @@ from edge_agent.config.models import DeviceBase
 from edge_agent.filters.engine import DeviceFilters, kinds_in_use, warm_up
 from edge_agent.filters.snapshot import restore_snapshots, save_snapshot
 from edge_agent.filters.stage import DeviceStage
+from edge_agent.frame import fastpack
 from edge_agent.frame.builder import build_frames
 from edge_agent.frame.model import Block, Frame
 from edge_agent.metadata import build_meta
@@ -183,6 +184,7 @@ class Agent:
         Configs put on `reload` (already validated) are applied live: see `apply`.
         """
         await asyncio.to_thread(warm_up, kinds_in_use(self.cfg.devices, self.cfg.filters))
+        await asyncio.to_thread(fastpack.warm_up)
         await self.spool.open()
         last = await self.spool.last_seq()
         depth = await self.spool.depth()
@@ -268,8 +270,12 @@ class Agent:
         return (f"devices {up}/{len(self.drivers)} up, {self.counters.points_in / elapsed:.0f} points/s, "
                 f"{spool}, {uplink}")
 
-    async def _heartbeat(self, period_s: float = 0.5) -> None:
-        """Watchdog pings come from the event loop itself: if the loop blocks, systemd restarts us."""
+    async def _heartbeat(self, period_s: float = 5.0) -> None:
+        """Watchdog pings come from the event loop itself: if the loop blocks, systemd restarts us.
+
+        Every 5 s (or the watchdog's half period, if shorter): often enough for STATUS= and for the
+        loop-lag gauge to show a stall, and an idle agent does not wake up just to say it is alive.
+        """
         watchdog = watchdog_interval_s()
         period_s = min(period_s, watchdog) if watchdog else period_s
         last_status = 0.0
@@ -278,7 +284,7 @@ class Agent:
             await asyncio.sleep(period_s)
             self.loop_lag_s = max(0.0, time.monotonic() - t0 - period_s)
             fields: dict[str, object] = {"WATCHDOG": 1} if watchdog else {}
-            if time.monotonic() - last_status >= 5:
+            if self.notifier.enabled and time.monotonic() - last_status >= 5:
                 fields["STATUS"] = self.status_line()
                 last_status = time.monotonic()
             if fields:

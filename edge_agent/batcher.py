@@ -7,6 +7,7 @@ The age close is a timer armed by the first row, not a polling loop: an idle age
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -152,19 +153,12 @@ def split_by_timestamps(
     device: str, tags: tuple[str, ...], types: tuple[str, ...], batch: Batch
 ) -> list[Block]:
     """Group tags whose timestamp columns are identical so each group shares one encoded time column."""
-    k = batch.ts.shape[1]
-    if k == 1 or (batch.ts == batch.ts[:, :1]).all():
-        groups = [np.arange(k)]
-    else:
-        _, first, inverse = np.unique(batch.ts.T, axis=0, return_index=True, return_inverse=True)
-        order = np.argsort(first)  # groups in the order their first tag appears in the config
-        groups = [np.flatnonzero(inverse.ravel() == g) for g in order]
     return [
         Block(
             device=device,
-            tags=tuple(tags[j] for j in cols),
-            types=tuple(types[j] for j in cols),
-            ts=np.ascontiguousarray(batch.ts[:, cols[0]]),
+            tags=tags[cols] if isinstance(cols, slice) else tuple(tags[j] for j in cols),
+            types=types[cols] if isinstance(cols, slice) else tuple(types[j] for j in cols),
+            ts=np.ascontiguousarray(batch.ts[:, cols.start if isinstance(cols, slice) else cols[0]]),
             values=np.ascontiguousarray(batch.values[:, cols]),
             quality=np.ascontiguousarray(batch.quality[:, cols]),
             flags=np.ascontiguousarray(batch.flags[:, cols]),
@@ -172,5 +166,29 @@ def split_by_timestamps(
             status=None if batch.status is None else np.ascontiguousarray(batch.status[:, cols]),
             text=take_text(batch.text, pos=cols) or {},
         )
-        for cols in groups
+        for cols in timestamp_groups(batch.ts)
+    ]
+
+
+def timestamp_groups(ts: np.ndarray) -> list[slice | np.ndarray]:
+    """Columns with identical timestamp columns, groups in order of their first column, columns ascending.
+
+    A slice where a group is a contiguous run (the usual case: one request reads neighbouring tags),
+    so that splitting costs views and tuple slices, not a gather per tag. Runs are found by comparing
+    neighbouring columns and merged by the bytes of their timestamps: a poll has a few requests, and
+    np.unique over (tags x rows) costs far more than that on every batch of every device.
+    """
+    n, k = ts.shape
+    if k <= 1 or n == 0:
+        return [slice(0, k)]
+    change = np.flatnonzero((ts[:, 1:] != ts[:, :-1]).any(axis=0)) + 1
+    if not change.size:
+        return [slice(0, k)]
+    bounds = [0, *change.tolist(), k]
+    runs: dict[bytes, list[tuple[int, int]]] = {}
+    for a, b in itertools.pairwise(bounds):
+        runs.setdefault(ts[:, a].tobytes(), []).append((a, b))
+    return [
+        slice(*parts[0]) if len(parts) == 1 else np.concatenate([np.arange(a, b) for a, b in parts])
+        for parts in runs.values()
     ]

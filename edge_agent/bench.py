@@ -20,7 +20,8 @@ import numpy as np
 from edge_agent.batcher import Batcher
 from edge_agent.config.models import DeviceBase, LimitsFilter, TagBase
 from edge_agent.filters.engine import DeviceFilters, warm_up
-from edge_agent.frame.codec import encode_frame
+from edge_agent.frame.fastpack import encode_frame
+from edge_agent.frame.fastpack import warm_up as fastpack_warm_up
 from edge_agent.frame.model import Block, Frame
 from edge_agent.samples import Batch
 from edge_agent.spool import Limits, Spool
@@ -112,6 +113,7 @@ def _json_baseline(rows: list[Batch]) -> int:
 
 def run_bench(tags: int = 1000, polls: int = 500, max_points: int = 50_000) -> BenchResult:
     warm_up()
+    fastpack_warm_up()
     rows = synthetic_polls(tags, polls, 100_000_000)
     baseline_rows = synthetic_polls(tags, polls, 100_000_000)
     with tempfile.TemporaryDirectory() as tmp:

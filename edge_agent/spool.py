@@ -103,6 +103,11 @@ class Spool:
         self._event_identity = {"agent": agent, "boot": boot}
         self._reset_event: dict[str, object] | None = None
         self._db = self._open()
+        # Upper bounds of the stored frame seqs and event ids, raised at insert time (before the
+        # commit): when a cursor is at or past them nothing can be pending, and AsyncSpool answers
+        # without a trip to the spool thread. An idle uplink asks after every frame.
+        self.newest_seq = int(self._db.execute("SELECT coalesce(max(seq), -1) FROM frames").fetchone()[0])
+        self.newest_event = int(self._db.execute("SELECT coalesce(max(id), -1) FROM events").fetchone()[0])
         if self._reset_event is not None:
             self.add_event(self._reset_event)
         frames, points, size = self._db.execute(
@@ -194,6 +199,7 @@ class Spool:
                 dropped()
                 return Appended()
             evicted = self._evict_oldest(over, now_ns) if over > 0 else None
+            self.newest_seq = max(self.newest_seq, last)
             db.executemany(
                 "INSERT INTO frames (seq, created_ns, points, data) VALUES (?, ?, ?, ?)",
                 [(first + i, created, pts, data) for i, (data, pts, created) in enumerate(frames)],
@@ -273,7 +279,8 @@ class Spool:
 
     def _insert_event(self, body: dict[str, object], now_ns: int) -> None:
         payload = json.dumps({**self._event_identity, "ts": now_ns, **body}, separators=(",", ":"))
-        self._db.execute("INSERT INTO events (created_ns, payload) VALUES (?, ?)", (now_ns, payload.encode()))
+        cur = self._db.execute("INSERT INTO events (created_ns, payload) VALUES (?, ?)", (now_ns, payload.encode()))
+        self.newest_event = max(self.newest_event, int(cur.lastrowid or 0))
         self._db.execute(
             "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?", (MAX_EVENTS,)
         )
@@ -369,6 +376,8 @@ class AsyncSpool:
         return await self._call(self.spool.pending, after_seq, limit)
 
     async def pending_with_points(self, after_seq: int, limit: int) -> list[tuple[int, int, int, bytes]]:
+        if after_seq >= self.spool.newest_seq:
+            return []  # nothing stored after the cursor: no need to wake the spool thread
         return await self._call(self.spool.pending_with_points, after_seq, limit)
 
     @property
@@ -376,6 +385,8 @@ class AsyncSpool:
         return self._spool is not None
 
     async def pending_events(self, after_id: int, limit: int) -> list[tuple[int, bytes]]:
+        if after_id >= self.spool.newest_event:
+            return []
         return await self._call(self.spool.pending_events, after_id, limit)
 
     async def delete(self, seqs: list[int], event_ids: Iterable[int] = ()) -> None:

@@ -82,6 +82,8 @@ class ModbusDriver:
         self._all_columns = len(self.groups) == 1
         self.bus: Bus | None = None
         self._troubled = False  # some request or tag has been reported bad: check for recoveries
+        self._reads: dict[int, tuple[ReadRequest, Read]] = {}  # id(request) -> (request, its wire form)
+        self._templates: dict[int, Batch] = {}  # poll group -> its empty one-row batch
 
     @property
     def plan(self) -> list[ReadRequest]:
@@ -177,7 +179,7 @@ class ModbusDriver:
     async def _poll(self, gi: int) -> None:
         group = self.groups[gi]
         k = len(group.columns)
-        batch = Batch.empty(self.device.name, 1, k, None if self._all_columns else group.columns)
+        batch = self._empty_row(gi, k)
         row = _Row(batch)
         self.stats.polls += 1
         plan = list(self._plans[gi])
@@ -226,10 +228,23 @@ class ModbusDriver:
             self.stats.connected = False
         self.sink(batch)
 
+    def _empty_row(self, gi: int, k: int) -> Batch:
+        """Batch.empty(device, 1, k, columns), copied from a template: np.full per poll is slow."""
+        tpl = self._templates.get(gi)
+        if tpl is None:
+            tpl = Batch.empty(self.device.name, 1, k, None if self._all_columns else self.groups[gi].columns)
+            self._templates[gi] = tpl
+        return Batch(tpl.device, tpl.ts.copy(), tpl.values.copy(), tpl.quality.copy(), tpl.flags.copy(),
+                     tpl.columns)
+
     async def _request(self, gi: int, req: ReadRequest, row: _Row, pause_s: float) -> None:
         """Send one request (with retries) and fill its columns; raises _LinkFailed to end the poll."""
         assert self.bus is not None
-        wire = Read(req.unit, req.function, req.start, req.count)
+        hit = self._reads.get(id(req))
+        if hit is None or hit[0] is not req:
+            hit = (req, Read(req.unit, req.function, req.start, req.count))
+            self._reads[id(req)] = hit  # holds req: its id stays unique; splits add a few, once
+        wire = hit[1]
         last: Exception | None = None
         for attempt in range(self.device.retries + 1):
             if attempt:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from edge_agent.frame.codec import encode_frame
+from edge_agent.frame.fastpack import encode_frame  # the reference's bytes; it falls back to codec.py
 from edge_agent.frame.model import Block, Frame
 from edge_agent.samples import take_text
 
