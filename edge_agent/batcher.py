@@ -164,7 +164,7 @@ def split_by_timestamps(
             flags=np.ascontiguousarray(batch.flags[:, cols]),
             scores={kind: np.ascontiguousarray(a[:, cols]) for kind, a in (batch.scores or {}).items()},
             status=None if batch.status is None else np.ascontiguousarray(batch.status[:, cols]),
-            text=take_text(batch.text, pos=cols) or {},
+            text=take_text(batch.text, pos=cols, k=batch.values.shape[1]) or {},
         )
         for cols in timestamp_groups(batch.ts)
     ]

@@ -21,7 +21,9 @@ EDGE_INTS = [0, 1, 31, 32, 127, 128, 255, 256, 65535, 65536, 2**31 - 1, 2**31, 2
 @given(frames(), st.sampled_from([None, 3]))
 def test_fast_path_gives_the_reference_bytes(frame: Frame, level: int | None) -> None:
     for block in frame.blocks:
-        assert fastpack.encode_block(block) is not None, "the fast path declined a plain block"
+        plain = not block.text and (block.status is None or not block.status.size)
+        if plain:  # text and status columns may go the reference's way; a plain block never does
+            assert fastpack.encode_block(block) is not None, "the fast path declined a plain block"
     assert fastpack.encode_frame(frame, zstd_level=level) == encode_frame(frame, zstd_level=level)
 
 

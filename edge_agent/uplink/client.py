@@ -42,13 +42,20 @@ class AckClient(aiomqtt.Client):
         if not info.is_published():
             confirmation = asyncio.Event()
             with self._pending_call(info.mid, confirmation, self._pending_publishes):
-                acked = asyncio.ensure_future(confirmation.wait())
+                # The disconnect wakes the same event (no extra task: a PUBACK read together with the
+                # broker's close must still win over the session's watcher, or its reason is lost).
+                disconnected = self._disconnected
+
+                def wake(_: object) -> None:
+                    confirmation.set()
+
+                disconnected.add_done_callback(wake)
                 try:
-                    await asyncio.wait([acked, self._disconnected], return_when=asyncio.FIRST_COMPLETED)
+                    await confirmation.wait()
                 finally:
-                    acked.cancel()
-                if not confirmation.is_set():
-                    raise aiomqtt.MqttError("connection lost before the broker acknowledged the publish")
+                    disconnected.remove_done_callback(wake)
+            if not info.is_published() and info.mid not in self._puback_reasons:
+                raise aiomqtt.MqttError("connection lost before the broker acknowledged the publish")
         return self._puback_reasons.pop(info.mid, None)
 
     def forget_disconnect(self) -> None:

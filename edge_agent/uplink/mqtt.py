@@ -151,7 +151,13 @@ class MqttUplink:
                           and time.monotonic() - self._meta_refused_at < META_RETRY_AFTER_REFUSAL_S)
         if self._meta is not None and not refused_lately:
             payload = json.dumps(self._meta).encode()
-            reason = await client.publish_acked(self.meta_topic, payload, retain=True)
+            try:
+                reason = await client.publish_acked(self.meta_topic, payload, retain=True)
+            except aiomqtt.MqttError:
+                # The link died under the metadata: a broker that refuses it may close the link before
+                # its PUBACK is read. Skipping it for a while costs a late description, never data.
+                self._meta_refused_at = time.monotonic()
+                raise
             if reason is not None and reason.is_failure:
                 # Data matters more than its description (e.g. an ACL or a message size cap): some
                 # brokers also drop the link after a refusal (mosquitto over TLS), so the next
@@ -200,7 +206,10 @@ class MqttUplink:
                 tg.create_task(self._flush_acks())
                 await self._send(client, tg)
         except BaseExceptionGroup as group:
-            lost = [e for e in group.exceptions if isinstance(e, aiomqtt.MqttError)]
+            # A refusal explains the lost link better than the lost link itself (a broker may close
+            # the connection right after refusing a publish): report it first.
+            lost = sorted((e for e in group.exceptions if isinstance(e, aiomqtt.MqttError)),
+                          key=lambda e: not isinstance(e, PublishRefused))
             if lost:
                 raise lost[0] from None
             raise
