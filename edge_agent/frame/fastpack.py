@@ -29,7 +29,7 @@ __all__ = ["encode_block", "encode_frame", "warm_up"]
 
 # Block fields this module encodes. Any other field (one added later, or a subclass's) must be empty
 # (None, or an empty container or array), else the block carries something only the reference knows.
-_KNOWN_FIELDS = frozenset({"device", "tags", "types", "ts", "values", "quality", "flags", "scores"})
+_KNOWN_FIELDS = frozenset({"device", "tags", "types", "ts", "values", "quality", "flags", "scores", "status"})
 _VALUE_TYPES = frozenset(VALUE_TYPES)
 _EXTRA: dict[type, tuple[str, ...]] = {}  # block class -> its fields beyond _KNOWN_FIELDS
 
@@ -171,7 +171,8 @@ def _pack_ts(ts, out, pos):
 
 
 @njit(cache=True, nogil=True)
-def _pack_block(device, ts, values, quality, flags, heads, head_off, codes, code_off, out):
+def _pack_block(device, ts, values, quality, flags, heads, head_off, codes, code_off,
+                s64, s32, s32_64, h16, h64, kinds, kind_off, status, has_status, out):
     """A whole block: [device, ts, tags]; device is its packed msgpack str. Returns the length."""
     out[0] = 0x93
     pos = 1
@@ -180,21 +181,113 @@ def _pack_block(device, ts, values, quality, flags, heads, head_off, codes, code
         pos += 1
     pos = _pack_ts(ts, out, pos)
     pos = _array_len(out, pos, values.shape[1])
-    return _pack_tags(values, quality, flags, heads, head_off, codes, code_off, out, pos)
+    return _pack_tags(values, quality, flags, heads, head_off, codes, code_off,
+                      s64, s32, s32_64, h16, h64, kinds, kind_off, status, has_status, out, pos)
+
+
+_F2_MAX = 65504.0  # float16's largest finite value
 
 
 @njit(cache=True, nogil=True)
-def _pack_tags(values, quality, flags, heads, head_off, codes, code_off, out, pos):
+def _score_entry(s64, s32, s32_64, h16, h64, kinds, kind_off, m, j, out, pos, write):
+    """codec._encode_scores for kind m, tag j: [kind, enc, payload], or nothing when all NaN.
+
+    Returns (pos, written). The roundings come precomputed by numpy (the reference's own casts), so
+    the bits are the reference's bits, NaN payloads included.
+    """
+    n = s64.shape[1]
+    if n == 0:
+        return pos, False
+    all_nan = True
+    amax = 0.0
+    for i in range(n):
+        v = s64[m, i, j]
+        if not np.isnan(v):
+            all_nan = False
+            if np.isfinite(v):
+                a = abs(v)
+                if a > amax:
+                    amax = a
+    if all_nan:
+        return pos, False
+    if not write:
+        return pos, True
+    f2 = amax <= _F2_MAX
+    out[pos] = 0x93
+    pos += 1
+    for p in range(kind_off[m], kind_off[m + 1]):
+        out[pos] = kinds[p]
+        pos += 1
+    constant = True
+    if f2:
+        b0 = h16[m, 0, j]
+        for i in range(1, n):
+            if h16[m, i, j] != b0:
+                constant = False
+                break
+        constant = constant and 2 + 2 * n > 9
+    else:
+        c0 = s32[m, 0, j]
+        for i in range(1, n):
+            if s32[m, i, j] != c0:
+                constant = False
+                break
+        constant = constant and 2 + 4 * n > 9
+    out[pos] = 0xA1 if constant else 0xA2
+    if constant:
+        out[pos + 1] = 0x6B  # "k"
+        pos += 2
+        x = h64[m, 0, j] if f2 else s32_64[m, 0, j]
+        out[pos] = 0xCB
+        bits = np.empty(1, np.float64)
+        bits[0] = x
+        return _put_be(out, pos + 1, bits.view(np.uint64)[0], 8), True
+    out[pos + 1] = 0x66  # "f"
+    out[pos + 2] = 0x32 if f2 else 0x34
+    pos += 3
+    width = 2 if f2 else 4
+    pos = _bin_header(out, pos, width * n)
+    for i in range(n):
+        x = np.uint64(h16[m, i, j]) if f2 else np.uint64(s32[m, i, j])
+        for q in range(width):
+            out[pos + q] = (x >> np.uint64(8 * q)) & np.uint64(0xFF)
+        pos += width
+    return pos, True
+
+
+@njit(cache=True, nogil=True)
+def _pack_tags(values, quality, flags, heads, head_off, codes, code_off,
+               s64, s32, s32_64, h16, h64, kinds, kind_off, status, has_status, out, pos):
     """Write the k tag arrays of a block at out[pos:] (after the array header); returns the end.
 
-    Mirrors codec._encode_values / _encode_uniform_or_bin / _encode_flags choice for choice.
+    Mirrors codec._encode_values / _encode_uniform_or_bin / _encode_flags / _encode_scores /
+    _encode_status choice for choice. A tag array has 6 elements, 7 with scores (element 6), 8 with
+    a status column (element 7, after an empty scores list when the tag has no scores).
     """
     n, k = values.shape
+    n_kinds = s64.shape[0]
     bits = values.view(np.uint64)
     v32 = values.astype(np.float32)
     bits32 = v32.view(np.uint32)
     round_trip = v32.astype(np.float64).view(np.uint64)  # f4 is exact where this equals bits
     for j in range(k):
+        scored = False
+        for m in range(n_kinds):
+            _, got = _score_entry(s64, s32, s32_64, h16, h64, kinds, kind_off, m, j, out, pos, False)
+            if got:
+                scored = True
+                break
+        st_uniform = True
+        st_nonzero = False
+        if has_status and n > 0:
+            st0 = status[0, j]
+            for i in range(n):
+                if status[i, j] != st0:
+                    st_uniform = False
+                if status[i, j] != 0:
+                    st_nonzero = True
+        out[pos] = 0x98 if st_nonzero else 0x97 if scored else 0x96
+        pos += 1
         for p in range(head_off[j], head_off[j + 1]):
             out[pos] = heads[p]
             pos += 1
@@ -333,6 +426,25 @@ def _pack_tags(values, quality, flags, heads, head_off, codes, code_off, out, po
                 for q in range(width):
                     out[pos + q] = (x >> np.uint64(8 * q)) & np.uint64(0xFF)
                 pos += width
+        if scored or st_nonzero:
+            entries = 0
+            for m in range(n_kinds):
+                _, got = _score_entry(s64, s32, s32_64, h16, h64, kinds, kind_off, m, j, out, pos, False)
+                if got:
+                    entries += 1
+            pos = _array_len(out, pos, entries)
+            for m in range(n_kinds):
+                pos, _ = _score_entry(s64, s32, s32_64, h16, h64, kinds, kind_off, m, j, out, pos, True)
+        if st_nonzero:
+            if st_uniform:
+                pos = _uint(out, pos, np.uint64(status[0, j]))
+            else:
+                pos = _bin_header(out, pos, 4 * n)
+                for i in range(n):
+                    x = np.uint64(status[i, j])
+                    for q in range(4):
+                        out[pos + q] = (x >> np.uint64(8 * q)) & np.uint64(0xFF)
+                    pos += 4
     return pos
 
 
@@ -374,8 +486,8 @@ def _pack_heads(tags: tuple[str, ...], types: tuple[str, ...]) -> tuple[np.ndarr
         return None
     if not all(type(t) is str for t in tags) or not all(type(t) is str and t in _VALUE_TYPES for t in types):
         return None
-    try:  # tag array of 6 elements (0x96), then name and type as msgpack str
-        parts = [b"\x96" + msgpack.packb(name) + msgpack.packb(typ) for name, typ in zip(tags, types, strict=True)]
+    try:  # name and type as msgpack str (the kernel writes the tag array's header before them)
+        parts = [msgpack.packb(name) + msgpack.packb(typ) for name, typ in zip(tags, types, strict=True)]
     except UnicodeEncodeError:  # lone surrogates: the reference raises its ValueError for them
         return None
     heads = np.frombuffer(b"".join(parts), dtype=np.uint8).copy()
@@ -423,8 +535,6 @@ def _supported(block: Block) -> bool:
             return False
     if getattr(block, "__dict__", None):  # a subclass without slots carrying extra attributes
         return False
-    if block.scores:
-        return False
     if type(block.device) is not str or type(block.tags) is not tuple or type(block.types) is not tuple:
         return False
     ts, values, quality, flags = block.ts, block.values, block.quality, block.flags
@@ -438,8 +548,70 @@ def _supported(block: Block) -> bool:
     shape = (ts.shape[0], len(block.tags))
     if values.shape != shape or quality.shape != shape or flags.shape != shape or len(block.types) != shape[1]:
         return False
+    status = block.status
+    if status is not None and not (type(status) is np.ndarray and status.dtype == np.uint32
+                                   and status.shape == shape and status.dtype.isnative):
+        return False
+    scores = block.scores
+    if scores:
+        if type(scores) is not dict:
+            return False
+        for kind, col in scores.items():
+            if type(kind) is not str or type(col) is not np.ndarray or col.shape != shape:
+                return False
+            if col.dtype not in _SCORE_DTYPES or not col.dtype.isnative:
+                return False
     # A byte-swapped array would be written as it is in memory.
     return values.dtype.isnative and quality.dtype.isnative and flags.dtype.isnative and ts.dtype.isnative
+
+
+_SCORE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_NO_SCORES = np.zeros((0, 0, 0), np.float64)
+_NO_STATUS = np.zeros((0, 0), np.uint32)
+_kinds: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray] | None] = {}  # sorted kinds -> packed strs
+
+
+def _packed_kinds(kinds: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+    got = _kinds.get(kinds, False)
+    if got is not False:
+        return got  # type: ignore[return-value]
+    try:
+        parts = [msgpack.packb(kind) for kind in kinds]
+        packed = np.frombuffer(b"".join(parts), dtype=np.uint8).copy()
+        off = np.zeros(len(parts) + 1, dtype=np.intp)
+        np.cumsum([len(p) for p in parts], out=off[1:])
+        result: tuple[np.ndarray, np.ndarray] | None = (packed, off)
+    except UnicodeEncodeError:  # the reference raises its own error for it
+        result = None
+    if len(_kinds) >= _Heads.MAX_LAYOUTS:
+        _kinds.clear()
+    _kinds[kinds] = result
+    return result
+
+
+def _score_arrays(scores: dict[str, np.ndarray]) -> tuple | None:
+    """The reference's roundings of every score column, stacked by kind in sorted order.
+
+    Done with numpy's own casts, as codec._encode_scores does them (float64, then float16 or
+    float32), so that the kernel only chooses and copies bits.
+    """
+    if not scores:
+        e16 = np.zeros((0, 0, 0), np.uint16)
+        e32 = np.zeros((0, 0, 0), np.uint32)
+        return _NO_SCORES, e32, _NO_SCORES, e16, _NO_SCORES, _EMPTY_U8, _EMPTY_OFF
+    kinds = tuple(sorted(scores))
+    packed = _packed_kinds(kinds)
+    if packed is None:
+        return None
+    s64 = np.stack([scores[kind] for kind in kinds]).astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # out of f2's range: the kernel picks f4 for those
+        s32 = s64.astype(np.float32)
+        h16 = s64.astype(np.float16)
+    return s64, s32.view(np.uint32), s32.astype(np.float64), h16.view(np.uint16), h16.astype(np.float64), *packed
+
+
+_EMPTY_U8 = np.zeros(0, np.uint8)
+_EMPTY_OFF = np.zeros(1, np.intp)
 
 
 def encode_block(block: Block) -> bytes | None:
@@ -459,18 +631,36 @@ def encode_block(block: Block) -> bytes | None:
         if len(_devices) >= _Heads.MAX_LAYOUTS:
             _devices.clear()
         _devices[block.device] = device
+    sc = _score_arrays(block.scores)
+    if sc is None:
+        return None
+    s64, s32, s32_64, h16, h64, kinds, kind_off = sc
+    status = block.status
     n, k = block.values.shape
-    # 1 + device + ts (at most 1 + 9 + 9 + 3 + 5 + 8n) + tags header (5) + per tag at most 27 + 13n
-    out = np.empty(len(device) + len(heads) + 32 + 8 * n + k * (30 + 13 * n), dtype=np.uint8)
+    # 1 + device + ts (at most 1 + 9 + 9 + 3 + 5 + 8n) + tags header (5) + per tag at most 27 + 13n,
+    # + scores (array header 5, per kind 1 + kind + 3 + 9 + 4n) + status (5 + 4n)
+    m = s64.shape[0]
+    extra = 0 if not m and status is None else k * (10 + 4 * n + m * (20 + 4 * n)) + m * len(kinds)
+    out = np.empty(len(device) + len(heads) + 32 + 8 * n + k * (30 + 13 * n) + extra, dtype=np.uint8)
     size = _pack_block(device, np.ascontiguousarray(block.ts), np.ascontiguousarray(block.values),
                        np.ascontiguousarray(block.quality), np.ascontiguousarray(block.flags),
-                       heads, off, _CODE_BYTES, _CODE_OFF, out)
+                       heads, off, _CODE_BYTES, _CODE_OFF, s64, s32, s32_64, h16, h64, kinds, kind_off,
+                       _NO_STATUS if status is None else np.ascontiguousarray(status), status is not None, out)
     return out[:size].tobytes()
 
 
-def encode_frame(frame: Frame, *, zstd_level: int | None = None) -> bytes:
-    """codec.encode_frame's bytes, faster; the reference does the frame whenever a block is unsupported."""
-    parts = _fast_parts(frame)
+BlockCache = dict[int, tuple[Block, bytes]]  # id(block) -> (the block, kept alive so the id stays its own; bytes)
+
+
+def encode_frame(frame: Frame, *, zstd_level: int | None = None, cache: BlockCache | None = None) -> bytes:
+    """codec.encode_frame's bytes, faster.
+
+    A block the fast path declines is encoded by the reference's block encoder (msgpack concatenates,
+    so a frame's body is the bytes of its blocks in a row); a frame the reference would reject gets
+    the reference's own error. `cache` keeps each block's bytes across calls: build_frames encodes a
+    batch again in halves when it is over max_frame_bytes, and a block is then not packed twice.
+    """
+    parts = _parts(frame, cache)
     if parts is None:
         return codec.encode_frame(frame, zstd_level=zstd_level)
     body = _array_header(len(parts)) + b"".join(parts)
@@ -482,7 +672,7 @@ def encode_frame(frame: Frame, *, zstd_level: int | None = None) -> bytes:
     return packed + msgpack.packb(codec.BODY_ZSTD) + msgpack.packb(compressed, use_bin_type=True)
 
 
-def _fast_parts(frame: Frame) -> list[bytes] | None:
+def _parts(frame: Frame, cache: BlockCache | None) -> list[bytes] | None:
     if type(frame) is not Frame:  # a Frame grown new fields belongs to the reference
         return None
     if type(frame.agent) is not str or not isinstance(frame.boot, bytes | bytearray | memoryview):
@@ -497,10 +687,19 @@ def _fast_parts(frame: Frame) -> list[bytes] | None:
     except UnicodeEncodeError:
         return None
     parts = []
-    for block in frame.blocks:
+    for i, block in enumerate(frame.blocks):
+        hit = None if cache is None else cache.get(id(block))
+        if hit is not None and hit[0] is block:
+            parts.append(hit[1])
+            continue
         data = encode_block(block)
         if data is None:
-            return None
+            try:  # the reference's bytes for this block (text, unusual dtypes...)
+                data = msgpack.packb(codec._encode_block(i, block), use_bin_type=True)
+            except (ValueError, UnicodeEncodeError):
+                return None  # let the reference raise its error for the whole frame
+        if cache is not None:
+            cache[id(block)] = (block, data)
         parts.append(data)
     return parts
 
