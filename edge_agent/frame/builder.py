@@ -31,7 +31,7 @@ def build_frames(
     seq = first_seq
     # Each block is packed once: halving a batch of thousands of one-tag blocks (OPC UA source
     # timestamps differ per tag) re-encoded every block at every level before.
-    cache: BlockCache = {}
+    cache = BlockCache()
     while todo:
         part = todo.pop(0)
         frame = make(seq, part)
