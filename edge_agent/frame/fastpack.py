@@ -223,6 +223,15 @@ _F2_MAX = 65504.0  # float16's largest finite value
 
 
 @njit(cache=True, nogil=True)
+def _scored(s64, m, j):
+    """Whether kind m scored tag j in this block (codec._encode_scores leaves all-NaN columns out)."""
+    for i in range(s64.shape[1]):  # noqa: SIM110 (numba compiles loops, not generator expressions)
+        if not np.isnan(s64[m, i, j]):
+            return True
+    return False
+
+
+@njit(cache=True, nogil=True)
 def _score_entry(s64, s32, s32_64, h16, h64, kinds, kind_off, kind_ids, m, j, out, pos, write):
     """codec._encode_scores for kind m, tag j: [kind, enc, payload], or nothing when all NaN.
 
@@ -272,11 +281,8 @@ def _score_entry(s64, s32, s32_64, h16, h64, kinds, kind_off, kind_ids, m, j, ou
     if constant:
         out[pos + 1] = 0x6B  # "k"
         pos += 2
-        x = h64[m, 0, j] if f2 else s32_64[m, 0, j]
-        out[pos] = 0xCB
-        bits = np.empty(1, np.float64)
-        bits[0] = x
-        return _put_be(out, pos + 1, bits.view(np.uint64)[0], 8), True
+        out[pos] = 0xCB  # float 64 of the rounded score; h64 and s32_64 hold its bits
+        return _put_be(out, pos + 1, h64[m, 0, j] if f2 else s32_64[m, 0, j], 8), True
     out[pos + 1] = 0x66  # "f"
     out[pos + 2] = 0x32 if f2 else 0x34
     pos += 3
@@ -308,8 +314,7 @@ def _pack_tags(values, quality, flags, heads, head_off, codes, code_off,
     for j in range(k):
         scored = False
         for m in range(n_kinds):
-            _, got = _score_entry(s64, s32, s32_64, h16, h64, kinds, kind_off, kind_ids, m, j, out, pos, False)
-            if got:
+            if _scored(s64, m, j):
                 scored = True
                 break
         st_uniform = True
@@ -464,8 +469,7 @@ def _pack_tags(values, quality, flags, heads, head_off, codes, code_off,
         if scored or st_nonzero:
             entries = 0
             for m in range(n_kinds):
-                _, got = _score_entry(s64, s32, s32_64, h16, h64, kinds, kind_off, kind_ids, m, j, out, pos, False)
-                if got:
+                if _scored(s64, m, j):
                     entries += 1
             pos = _array_len(out, pos, entries)
             for m in range(n_kinds):
@@ -761,11 +765,12 @@ def encode_blocks(blocks: list[Block]) -> list[bytes | None]:
         with np.errstate(over="ignore", invalid="ignore"):  # past f2's range: the kernel picks f4 there
             s32 = s64.astype(np.float32)
             h16 = s64.astype(np.float16)
-        s32_64 = s32.astype(np.float64)
-        h64 = h16.astype(np.float64)
+        s32_64 = s32.astype(np.float64).view(np.uint64)
+        h64 = h16.astype(np.float64).view(np.uint64)
         s32, h16 = s32.view(np.uint32), h16.view(np.uint16)
     else:
-        s64 = s32_64 = h64 = _EMPTY[np.float64]
+        s64 = _EMPTY[np.float64]
+        s32_64 = h64 = np.zeros(0, np.uint64)
         s32 = _EMPTY[np.uint32]
         h16 = np.zeros(0, np.uint16)
     ends = np.empty(len(chosen), np.intp)
