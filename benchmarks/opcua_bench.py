@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -37,8 +38,10 @@ sys.path.insert(0, str(ROOT))
 from drivers.opcua.config import OpcUaDevice  # noqa: E402
 from drivers.opcua.driver import OpcUaDriver  # noqa: E402
 from edge_agent.batcher import Batcher  # noqa: E402
+from edge_agent.config.models import EwmaZscoreFilter  # noqa: E402
 from edge_agent.filters.engine import DeviceFilters  # noqa: E402
-from edge_agent.frame.codec import encode_frame  # noqa: E402
+from edge_agent.frame import fastpack  # noqa: E402
+from edge_agent.frame.builder import build_frames  # noqa: E402
 from edge_agent.frame.model import Frame  # noqa: E402
 from edge_agent.samples import Batch  # noqa: E402
 from simulators.opcua.server import NAMESPACE_URI  # noqa: E402
@@ -80,8 +83,11 @@ def cpu() -> float:
 class Pipeline:
     """The agent's inline stages after the driver: filters, batcher, frame encoding (no MQTT)."""
 
-    def __init__(self, devs: list[OpcUaDevice], batch_points: int = 10_000, driver_only: bool = False):
-        self.filters = {dev.name: DeviceFilters(dev, {}) for dev in devs}
+    def __init__(self, devs: list[OpcUaDevice], batch_points: int = 10_000, driver_only: bool = False,
+                 specs: dict | None = None, max_frame_bytes: int = 128 * 1024):
+        self.filters = {dev.name: DeviceFilters(dev, specs or {}) for dev in devs}
+        self.max_frame_bytes = max_frame_bytes
+        self.frames = 0
         self.batcher = Batcher([(dev.name, tuple(t.name for t in dev.tags), tuple(t.type for t in dev.tags))
                                 for dev in devs], batch_points, 1_000_000_000, self._closed)
         # CPU split (this thread): everything after the driver (filters, batcher and the frames they
@@ -115,15 +121,20 @@ class Pipeline:
         self.cpu_pipeline += time.thread_time() - c0
 
     def _closed(self, blocks) -> None:
-        self.seq += 1
+        # The agent's own encoder stage (what its spool thread runs): fast path, split at max_frame_bytes.
         c0 = time.thread_time()
-        data = encode_frame(Frame("bench", b"\0" * 16, self.seq, time.time_ns(), blocks))
+        def make(seq: int, part: list) -> Frame:
+            return Frame("bench", b"\0" * 16, seq, time.time_ns(), part)
+
+        out = build_frames(blocks, self.seq + 1, make, self.max_frame_bytes)
         spent = time.thread_time() - c0
+        self.seq += len(out)
+        self.frames += len(out)
         self.cpu_encode += spent
         if not self._in_call:
             self.cpu_pipeline += spent
         now = time.time_ns()
-        self.bytes += len(data)
+        self.bytes += sum(len(data) for data, _, _ in out)
         self.to_frame.extend((now - b.ts).repeat(b.values.shape[1]) for b in blocks)
 
 
@@ -132,30 +143,37 @@ def pct(parts: list[np.ndarray], q: float) -> float:
 
 
 async def measure_driver(shards: list[Shard], mode: str, seconds: float,
-                         batch_points: int = 10_000, driver_only: bool = False) -> dict[str, float]:
+                         batch_points: int = 10_000, driver_only: bool = False,
+                         score: bool = False) -> dict[str, float]:
+    fastpack.warm_up()
+    specs = {"z": EwmaZscoreFilter(kind="ewma_zscore")} if score else {}
     devs = []
     for d, sh in enumerate(shards):
-        tags = [{"name": f"b{i}", "node": sh.node_fmt.format(i=i, ns="plant"), "type": "float64"}
-                for i in range(sh.count)]
+        tags = [{"name": f"b{i}", "node": sh.node_fmt.format(i=i, ns="plant"), "type": "float64",
+                 **({"filters": ["z"]} if score else {})} for i in range(sh.count)]
         devs.append(OpcUaDevice.model_validate({
             "name": f"bench{d}", "protocol": "opcua", "endpoint": sh.endpoint, "mode": mode,
             "poll_interval": "100ms", "namespaces": {"plant": NAMESPACE_URI}, "timeout": "10s", "keepalive": "30s",
             "tags": tags}))
-    pipe = Pipeline(devs, batch_points, driver_only)
+    pipe = Pipeline(devs, batch_points, driver_only, specs)
     drvs = [OpcUaDriver(dev, pipe) for dev in devs]
     tasks = [asyncio.create_task(drv.run()) for drv in drvs]
     try:
         await pipe.warm.wait()
+        if gc.get_threshold()[0] != 700:
+            gc.freeze()  # what start-up allocated (config, node tables, kernels) is never scanned again
         await asyncio.sleep(1.0)
         pipe.to_batch.clear()
         pipe.to_frame.clear()
         s0, c0, t0, b0 = pipe.samples, cpu(), time.monotonic(), sum(d.batches_out for d in drvs)
+        f0 = pipe.frames
         p0, e0 = pipe.cpu_pipeline, pipe.cpu_encode
         g0 = ticks_written(shards)
         await asyncio.sleep(seconds)
         g1 = ticks_written(shards)
         samples, cpu_s, wall = pipe.samples - s0, cpu() - c0, time.monotonic() - t0
         batches = sum(d.batches_out for d in drvs) - b0
+        frames = pipe.frames - f0
         cpu_pipe, cpu_enc = pipe.cpu_pipeline - p0, pipe.cpu_encode - e0
     finally:
         for task in tasks:
@@ -164,7 +182,7 @@ async def measure_driver(shards: list[Shard], mode: str, seconds: float,
     per_1000 = 1000 / max(samples, 1)
     return {"offered_per_s": offered_rate(shards, g0, g1), "samples_per_s": samples / wall,
             "cpu_per_1000": cpu_s * per_1000,
-            "batches_per_s": batches / wall,
+            "batches_per_s": batches / wall, "frames_per_s": frames / wall,
             "driver_per_1000": (cpu_s - cpu_pipe) * per_1000, "encode_per_1000": cpu_enc * per_1000,
             "rest_per_1000": (cpu_pipe - cpu_enc) * per_1000,
             "cpu_share": cpu_s / wall, "p50_batch_ms": pct(pipe.to_batch, 50), "p99_batch_ms": pct(pipe.to_batch, 99),
@@ -277,10 +295,18 @@ def main() -> None:
                     help="frames close at this many points (the agent's [batch] max_points, default 10000)")
     ap.add_argument("--shards", type=int, default=1,
                     help="server processes, each serving an equal share of the nodes behind its own device")
+    ap.add_argument("--gc-threshold", type=int, default=0,
+                    help="gc.set_threshold(N, 50, 100) and gc.freeze() once warm (0: Python's defaults)")
+    ap.add_argument("--score", action="store_true",
+                    help="an ewma_zscore filter on every tag, so frames carry score columns")
     ap.add_argument("--smoke", action="store_true", help="200 nodes, 2 s windows, asyncua server: CI's quick run")
     args = ap.parse_args()
     if args.smoke:
         args.nodes, args.seconds, args.server = 200, 2.0, "asyncua"
+    if args.gc_threshold:
+        # The cyclic collector was a third of this process's samples under py-spy (asyncua allocates
+        # objects per notification): this shows what tuning it would give the agent.
+        gc.set_threshold(args.gc_threshold, 50, 100)
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"edge-opcua-bench-{os.getpid()}"
     work.mkdir()
     shares = [args.nodes // args.shards + (1 if i < args.nodes % args.shards else 0) for i in range(args.shards)]
@@ -296,10 +322,10 @@ def main() -> None:
         bp = args.batch_points
         subs = step in ("all", "subscribe")
         polls = step in ("all", "poll")
-        sub = asyncio.run(measure_driver(shards, "subscribe", s, bp)) if subs else {}
+        sub = asyncio.run(measure_driver(shards, "subscribe", s, bp, score=args.score)) if subs else {}
         alone = asyncio.run(measure_driver(shards, "subscribe", s, bp, driver_only=True)) if subs else {}
         base = asyncio.run(baseline_handler(shards, s)) if subs else {}
-        poll = asyncio.run(measure_driver(shards, "poll", s, bp)) if polls else {}
+        poll = asyncio.run(measure_driver(shards, "poll", s, bp, score=args.score)) if polls else {}
         poll_alone = asyncio.run(measure_driver(shards, "poll", s, bp, driver_only=True)) if polls else {}
         per_node = asyncio.run(baseline_read_per_node(shards)) if polls else {}
     finally:
@@ -319,13 +345,14 @@ def main() -> None:
                 gen = json.loads(lines[-1])
                 print(f"   load generator {i}: {gen['ticks']} ticks written, {gen['skipped']} skipped (fell behind), "
                       f"{gen['cpu_s']:.1f} CPU-s")
+    scored = ", ewma_zscore scores on every tag" if args.score else ""
     if sub:
         print(f"subscribe: {sub['samples_per_s']:,.0f} notifications/s handled{offered(sub)} "
-              f"({sub['batches_per_s']:.1f} batches/s), "
+              f"({sub['batches_per_s']:.1f} batches/s, {sub['frames_per_s']:.1f} frames/s), "
               f"{sub['cpu_per_1000'] * 1000:.2f} ms CPU per 1000 samples ({sub['cpu_share']:.0%} of a core)")
         print(f"   of which driver with asyncua decoding {sub['driver_per_1000'] * 1000:.2f} ms, filters and batcher "
               f"{sub['rest_per_1000'] * 1000:.2f} ms, frame encoding {sub['encode_per_1000'] * 1000:.2f} ms "
-              f"(frames close at {args.batch_points:,} points)")
+              f"(frames close at {args.batch_points:,} points{scored})")
         print(f"   latency source ts -> driver batch p50 {sub['p50_batch_ms']:.0f} ms "
               f"p99 {sub['p99_batch_ms']:.0f} ms; "
               f"-> encoded frame p50 {sub['p50_frame_ms']:.0f} ms p99 {sub['p99_frame_ms']:.0f} ms; "

@@ -152,22 +152,45 @@ def _concat_scores(parts: list[Batch]) -> dict[str, np.ndarray] | None:
 def split_by_timestamps(
     device: str, tags: tuple[str, ...], types: tuple[str, ...], batch: Batch
 ) -> list[Block]:
-    """Group tags whose timestamp columns are identical so each group shares one encoded time column."""
-    return [
-        Block(
-            device=device,
-            tags=tags[cols] if isinstance(cols, slice) else tuple(tags[j] for j in cols),
-            types=types[cols] if isinstance(cols, slice) else tuple(types[j] for j in cols),
-            ts=np.ascontiguousarray(batch.ts[:, cols.start if isinstance(cols, slice) else cols[0]]),
-            values=np.ascontiguousarray(batch.values[:, cols]),
-            quality=np.ascontiguousarray(batch.quality[:, cols]),
-            flags=np.ascontiguousarray(batch.flags[:, cols]),
-            scores={kind: np.ascontiguousarray(a[:, cols]) for kind, a in (batch.scores or {}).items()},
-            status=None if batch.status is None else np.ascontiguousarray(batch.status[:, cols]),
-            text=take_text(batch.text, pos=cols, k=batch.values.shape[1]) or {},
+    """Group tags whose timestamp columns are identical so each group shares one encoded time column.
+
+    With OPC UA source timestamps every tag is its own group, so this runs once per tag: the time
+    columns are transposed once (each group's is then a contiguous row of it), and the other columns
+    of a one-tag group are views (a one-column slice of a C array is contiguous), not copies.
+    """
+    groups = timestamp_groups(batch.ts)
+    if len(groups) == 1:
+        cols = groups[0]
+        return [_block(device, tags, types, batch, cols, np.ascontiguousarray(batch.ts[:, 0]))]
+    ts_t = np.ascontiguousarray(batch.ts.T)
+    return [_block(device, tags, types, batch, cols, ts_t[cols.start if isinstance(cols, slice) else cols[0]])
+            for cols in groups]
+
+
+def _block(device: str, tags: tuple[str, ...], types: tuple[str, ...], batch: Batch,
+           cols: slice | np.ndarray, ts: np.ndarray) -> Block:
+    # A one-column slice of a C array is already contiguous, so this copies only multi-column runs.
+    c = np.ascontiguousarray
+    scores, status, text = batch.scores, batch.status, batch.text
+    if isinstance(cols, slice):
+        return Block(
+            device, tags[cols], types[cols], ts, c(batch.values[:, cols]), c(batch.quality[:, cols]),
+            c(batch.flags[:, cols]), {kind: c(a[:, cols]) for kind, a in scores.items()} if scores else {},
+            None if status is None else c(status[:, cols]),
+            (take_text(text, pos=cols, k=len(tags)) or {}) if text else {},
         )
-        for cols in timestamp_groups(batch.ts)
-    ]
+    return Block(
+        device=device,
+        tags=tuple(tags[j] for j in cols),
+        types=tuple(types[j] for j in cols),
+        ts=ts,
+        values=c(batch.values[:, cols]),
+        quality=c(batch.quality[:, cols]),
+        flags=c(batch.flags[:, cols]),
+        scores={kind: c(a[:, cols]) for kind, a in (scores or {}).items()},
+        status=None if status is None else c(status[:, cols]),
+        text=take_text(text, pos=cols) or {},
+    )
 
 
 def timestamp_groups(ts: np.ndarray) -> list[slice | np.ndarray]:

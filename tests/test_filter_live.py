@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.filters.engine import warm_up
+from edge_agent.frame import fastpack
 from tests.chaos import Accounting
 from tests.conftest import agent_cmd, wait_for
 from tests.mqtt_consumer import Consumer
@@ -93,6 +94,7 @@ def _deadband_reports(ticks: np.ndarray) -> set[int]:
 
 def test_events_rate_limit_and_adaptive_reporting_live(broker, procs, tmp_path):
     warm_up()  # the kernels into the shared cache first, so the agent starts in about a second
+    fastpack.warm_up()  # the frame encoder too: compiled cold it takes ~10 s on a busy 2-core machine
     consumer = Consumer(broker, topic="edge/+/data,edge/+/events", client_id="live-consumer")
     try:
         now = time.time_ns() // PERIOD

@@ -15,15 +15,64 @@ from edge_agent.frame.model import Block, Frame
 from tests.test_frame_codec import BOOT, EDGE_FLOATS, FAST, NAN_BITS, bits_to_float, blocks, frames, make_block
 
 EDGE_INTS = [0, 1, 31, 32, 127, 128, 255, 256, 65535, 65536, 2**31 - 1, 2**31, 2**32 - 1]
+F2_MAX = float(np.finfo(np.float16).max)
+# Scores around float16's range (f2 against f4), its rounding edges, NaN (not scored) and infinities.
+SCORE_EDGES = [0.0, -0.0, 1.0, 0.1, -3.5, F2_MAX, -F2_MAX, 65519.0, 65520.0, 1e5, -1e30, 6e-8, 1e-40,
+               float("inf"), float("-inf"), float("nan")]
+
+
+@st.composite
+def score_columns(draw, n: int, k: int, dtype) -> np.ndarray:
+    element = st.one_of(st.sampled_from(SCORE_EDGES), st.floats(width=32, allow_nan=True))
+    cols = []
+    for _ in range(k):
+        shape = draw(st.sampled_from(["nan", "constant", "mixed", "scored"]))
+        if shape == "nan":
+            cols.append([float("nan")] * n)
+        elif shape == "constant":
+            cols.append([draw(element)] * n)
+        else:
+            col = draw(st.lists(element, min_size=n, max_size=n))
+            cols.append([x if shape == "scored" or draw(st.booleans()) else float("nan") for x in col])
+    return np.array(cols, dtype=np.float64).T.reshape(n, k).astype(dtype)
+
+
+@st.composite
+def scored_blocks(draw, max_rows: int = 20, max_tags: int = 6) -> Block:
+    """blocks() (which draws status columns and text) plus score columns of up to three kinds."""
+    block = draw(blocks(max_rows=max_rows, max_tags=max_tags))
+    n, k = block.values.shape
+    kinds = draw(st.lists(st.sampled_from(["ewma_zscore", "hampel", "rate_of_change", "z" * 40]),
+                          unique=True, max_size=3))
+    dtype = draw(st.sampled_from([np.float32, np.float32, np.float64]))
+    block.scores = {kind: draw(score_columns(n, k, dtype)) for kind in kinds}
+    if draw(st.booleans()):
+        block.text = {}  # text is the one field the fast path leaves to the reference
+    return block
+
+
+@st.composite
+def scored_frames(draw) -> Frame:
+    frame = draw(frames(max_blocks=0))
+    frame.blocks = draw(st.lists(scored_blocks(), max_size=4))
+    return frame
 
 
 @settings(FAST, max_examples=300)
 @given(frames(), st.sampled_from([None, 3]))
 def test_fast_path_gives_the_reference_bytes(frame: Frame, level: int | None) -> None:
     for block in frame.blocks:
-        plain = not block.text and (block.status is None or not block.status.size)
-        if plain:  # text and status columns may go the reference's way; a plain block never does
-            assert fastpack.encode_block(block) is not None, "the fast path declined a plain block"
+        if not block.text:
+            assert fastpack.encode_block(block) is not None, "the fast path declined a block without text"
+    assert fastpack.encode_frame(frame, zstd_level=level) == encode_frame(frame, zstd_level=level)
+
+
+@settings(FAST, max_examples=400)
+@given(scored_frames(), st.sampled_from([None, 3]))
+def test_scores_and_status_give_the_reference_bytes(frame: Frame, level: int | None) -> None:
+    for block in frame.blocks:
+        if not block.text:
+            assert fastpack.encode_block(block) is not None, "the fast path declined scores or status"
     assert fastpack.encode_frame(frame, zstd_level=level) == encode_frame(frame, zstd_level=level)
 
 
@@ -81,25 +130,36 @@ def test_rows_over_bin16_use_bin32() -> None:
     assert fastpack.encode_frame(frame) == encode_frame(frame)
 
 
-def test_blocks_with_scores_fall_back_to_the_reference() -> None:
+def test_scores_and_status_take_the_fast_path() -> None:
     block = make_block("d", ["a", "b"], ["float32", "float32"], [1, 2], [[1.5, 2.0], [1.25, 3.0]])
     block.scores = {"ewma_zscore": np.array([[0.5, np.nan], [1.0, np.nan]], dtype=np.float32)}
-    assert fastpack.encode_block(block) is None
+    block.status = np.array([[0, 0x40000000], [0, 0x40000000]], np.uint32)
+    assert fastpack.encode_block(block) is not None
     frame = Frame("gw", BOOT, 1, 1, [block])
     assert fastpack.encode_frame(frame) == encode_frame(frame)
-    assert decode_frame(fastpack.encode_frame(frame)).blocks[0].scores
+    got = decode_frame(fastpack.encode_frame(frame)).blocks[0]
+    assert got.scores["ewma_zscore"][:, 0].tolist() == [0.5, 1.0] and got.status[:, 1].tolist() == [0x40000000] * 2
+
+
+def test_text_falls_back_to_the_reference_for_its_block_only() -> None:
+    plain = make_block("d", ["a"], ["float32"], [1, 2], [[1.5], [2.0]])
+    texted = make_block("d", ["s"], ["string"], [1, 2], [[np.nan], [np.nan]])
+    texted.text = {0: np.array(["x", None], dtype=object)}
+    assert fastpack.encode_block(texted) is None
+    frame = Frame("gw", BOOT, 1, 1, [plain, texted, plain])
+    assert fastpack.encode_frame(frame) == encode_frame(frame)
 
 
 @dataclass(slots=True)
 class _GrownBlock(Block):
-    """Stands for a Block that gained a field after fastpack was written (e.g. per-sample status)."""
+    """Stands for a Block that gained a field after fastpack was written."""
 
-    status: np.ndarray | None = None
+    grown: np.ndarray | None = None
 
 
 @dataclass(slots=True)
 class _GrownTwice(_GrownBlock):
-    text: dict | None = None
+    more: dict | None = None
 
 
 def test_unknown_fields_are_declined_unless_empty() -> None:
@@ -107,13 +167,13 @@ def test_unknown_fields_are_declined_unless_empty() -> None:
     empty = _GrownBlock(base.device, base.tags, base.types, base.ts, base.values, base.quality, base.flags)
     assert fastpack.encode_block(empty) == fastpack.encode_block(base)
     full = _GrownBlock(base.device, base.tags, base.types, base.ts, base.values, base.quality, base.flags,
-                       status=np.ones((1, 1), np.uint32))
+                       grown=np.ones((1, 1), np.uint32))
     assert fastpack.encode_block(full) is None
     deeper = _GrownTwice(base.device, base.tags, base.types, base.ts, base.values, base.quality, base.flags,
-                         status=np.ones((1, 1), np.uint32))
+                         grown=np.ones((1, 1), np.uint32))
     assert fastpack.encode_block(deeper) is None  # a field of an intermediate class counts too
     texted = _GrownTwice(base.device, base.tags, base.types, base.ts, base.values, base.quality, base.flags,
-                         text={0: "abc"})
+                         more={0: "abc"})
     assert fastpack.encode_block(texted) is None
 
 
