@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from drivers.opcua.config import OpcUaDevice  # noqa: E402
 from drivers.opcua.driver import OpcUaDriver  # noqa: E402
+from edge_agent.agent import GC_GEN0_THRESHOLD  # noqa: E402
 from edge_agent.batcher import Batcher  # noqa: E402
 from edge_agent.config.models import EwmaZscoreFilter  # noqa: E402
 from edge_agent.filters.engine import DeviceFilters  # noqa: E402
@@ -295,8 +296,9 @@ def main() -> None:
                     help="frames close at this many points (the agent's [batch] max_points, default 10000)")
     ap.add_argument("--shards", type=int, default=1,
                     help="server processes, each serving an equal share of the nodes behind its own device")
-    ap.add_argument("--gc-threshold", type=int, default=0,
-                    help="gc.set_threshold(N, 50, 100) and gc.freeze() once warm (0: Python's defaults)")
+    ap.add_argument("--gc-threshold", type=int, default=GC_GEN0_THRESHOLD,
+                    help="gc.set_threshold(N, 50, 100) and gc.freeze() once warm, as the agent does "
+                         f"(default {GC_GEN0_THRESHOLD}, the agent's; 0: Python's defaults)")
     ap.add_argument("--score", action="store_true",
                     help="an ewma_zscore filter on every tag, so frames carry score columns")
     ap.add_argument("--smoke", action="store_true", help="200 nodes, 2 s windows, asyncua server: CI's quick run")
@@ -304,8 +306,8 @@ def main() -> None:
     if args.smoke:
         args.nodes, args.seconds, args.server = 200, 2.0, "asyncua"
     if args.gc_threshold:
-        # The cyclic collector was a third of this process's samples under py-spy (asyncua allocates
-        # objects per notification): this shows what tuning it would give the agent.
+        # The cyclic collector was a third of this process's samples under py-spy with Python's
+        # defaults (asyncua allocates objects per notification): the agent tunes it (settle_gc).
         gc.set_threshold(args.gc_threshold, 50, 100)
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"edge-opcua-bench-{os.getpid()}"
     work.mkdir()

@@ -24,6 +24,18 @@ EXAMPLE = ROOT / "examples" / "plant.toml"
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"edge-agent-tests-numba-{os.getuid()}"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compiled_kernels() -> None:
+    """Every numba kernel compiled once into the shared cache before the first test. Cold, the frame
+    encoder alone takes 6-12 s on two busy cores: inside whichever test starts the first agent, that
+    would eat its start-up deadline, and which test that is depends on the selection."""
+    from edge_agent.filters.engine import warm_up
+    from edge_agent.frame import fastpack
+
+    warm_up()
+    fastpack.warm_up()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
