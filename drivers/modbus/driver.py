@@ -86,6 +86,9 @@ class ModbusDriver:
         # id(request) -> (request, its wire form, its columns as a slice when contiguous)
         self._reads: dict[int, tuple[ReadRequest, Read, slice | np.ndarray]] = {}
         self._templates: dict[int, Batch] = {}  # poll group -> its empty one-row batch
+        # poll group -> (_plan_epoch they were made in, the plan's wire forms, their Reads): chain path
+        self._forms: dict[int, tuple[int, list[tuple[ReadRequest, Read, slice | np.ndarray]], list[Read]]] = {}
+        self._plan_epoch = 0  # bumped whenever a split changes a plan
 
     @property
     def plan(self) -> list[ReadRequest]:
@@ -197,7 +200,7 @@ class ModbusDriver:
         # each (None: not sent yet); the general path handles it exactly as if read() had raised it.
         todo: list[tuple[int, Exception | None]] = [(i, None) for i in range(len(plan))]
         if isinstance(self.bus, TcpBus) and self._pause_s == 0 and self.bus.connected:
-            todo = await self._chain(plan, row)
+            todo = await self._chain(gi, plan, row)
         if self.device.max_inflight == 1:
             for i, preset in todo:
                 req = plan[i]
@@ -259,10 +262,14 @@ class ModbusDriver:
             self._reads[id(req)] = hit  # holds req: its id stays unique; splits add a few, once
         return hit
 
-    async def _chain(self, plan: list[ReadRequest], row: _Row) -> list[tuple[int, Exception | None]]:
+    async def _chain(self, gi: int, plan: list[ReadRequest], row: _Row) -> list[tuple[int, Exception | None]]:
         """The requests of a poll through TcpBus.read_chain; returns what is left for _request."""
         assert isinstance(self.bus, TcpBus)
-        forms = [self._wire_form(r) for r in plan]
+        cached = self._forms.get(gi)
+        if cached is None or cached[0] != self._plan_epoch:
+            forms = [self._wire_form(r) for r in plan]
+            cached = self._forms[gi] = (self._plan_epoch, forms, [f[1] for f in forms])
+        forms = cached[1]
 
         def on_reply(i: int, data: bytes) -> None:  # the good-reply half of _request, in the reply callback
             req, _, cols = forms[i]
@@ -278,8 +285,10 @@ class ModbusDriver:
                 self._recovered(req)
 
         outcomes, first_unsent, sent = await self.bus.read_chain(
-            [f[1] for f in forms], self._timeout_s, self.stats.error, self.device.max_inflight, on_reply)
+            cached[2], self._timeout_s, self.stats.error, self.device.max_inflight, on_reply)
         self.stats.requests += sent
+        if not outcomes and first_unsent == len(plan):
+            return []
         return sorted(outcomes.items()) + [(i, None) for i in range(first_unsent, len(plan))]
 
     async def _request(self, gi: int, req: ReadRequest, row: _Row, pause_s: float,
@@ -360,6 +369,7 @@ class ModbusDriver:
             if req in plan:
                 i = next(i for i, r in enumerate(plan) if r is req)
                 plan[i : i + 1] = [a, b]
+                self._plan_epoch += 1
             self.stats.splits += 1
             log.info("%s: %s answered %s; split into %s and %s", self._where, req.describe(), exc,
                      a.describe(), b.describe())
