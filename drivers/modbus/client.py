@@ -537,24 +537,32 @@ class _Chain:
         self.stopped = False
 
     def pump(self) -> None:
-        """Send what may be sent; resolve the future once nothing is in flight and nothing more goes."""
+        """Send what may be sent; resolve the future once nothing is in flight and nothing more goes.
+
+        With max_inflight > 1 the requests that may go out together leave in one write (one
+        segment, one system call): a device that takes pipelined requests, as max_inflight says
+        it does, sees them back to back."""
         bus = self.bus
-        while not self.stopped and self.next < len(self.reads) and len(self.sent) < self.inflight:
-            i = self.next
+        n = len(self.reads)
+        if not self.stopped and self.next < n and len(self.sent) < self.inflight:
             wire = bus.wire
             if wire is None or wire.closed:
-                self._failed(i, LinkError("connection", "not connected"))
+                self._failed(self.next, LinkError("connection", "not connected"))
                 self.next += 1
-                break
-            tid = bus._next_tid()
-            bus._pending[tid] = (self, self.count)
-            self.sent[tid] = (i, wire, wire.rx_bytes)
-            self.next += 1
-            wire.write(_TID.pack(tid) + self.reads[i].mbap_tail)
-            bus.requests += 1
-            self.sent_total += 1
-            bus._deadlines.add(bus._loop, (self, tid), self.timeout_s)  # type: ignore[arg-type]
-        if not self.sent and (self.stopped or self.next >= len(self.reads)) and not self.future.done():
+            else:
+                frames = []
+                rx = wire.rx_bytes
+                while self.next < n and len(self.sent) < self.inflight:
+                    tid = bus._next_tid()
+                    bus._pending[tid] = (self, self.count)
+                    self.sent[tid] = (self.next, wire, rx)
+                    frames.append(_TID.pack(tid) + self.reads[self.next].mbap_tail)
+                    bus._deadlines.add(bus._loop, (self, tid), self.timeout_s)  # type: ignore[arg-type]
+                    self.next += 1
+                wire.write(frames[0] if len(frames) == 1 else b"".join(frames))
+                bus.requests += len(frames)
+                self.sent_total += len(frames)
+        if not self.sent and (self.stopped or self.next >= n) and not self.future.done():
             self.future.set_result(None)
 
     def _failed(self, i: int, exc: Exception) -> None:
