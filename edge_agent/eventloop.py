@@ -1,8 +1,10 @@
 """Which asyncio event loop the agent runs on: uvloop where it is installed (Linux), else the stdlib's.
 
 Why: on the 2-core test machine a bare loopback request/response costs ~62 us of CPU on the stdlib
-loop and ~34 us on uvloop, and a Modbus plant is hundreds of those a second; the whole agent used
-about a fifth less CPU per point on uvloop (benchmarks/modbus_plant.py). uvloop is a libuv binding
+loop and ~34 us on uvloop, and a Modbus plant is hundreds of those a second. Measured on the Modbus
+drivers alone (in-process, 10 devices x 100 tags @ 100 ms) uvloop took about a sixth off; on the
+whole agent (benchmarks/modbus_plant.py) the gain was within that noisy machine's spread, because
+the request path itself was made cheaper at the same time. uvloop is a libuv binding
 with wheels for x86_64 and 64-bit ARM; the stdlib loop stays one setting away for a platform without
 it or to rule the loop out when chasing a problem: `[agent] event_loop = "asyncio"` in the config, or
 EDGE_AGENT_EVENT_LOOP=asyncio in the environment (which wins over the config).
