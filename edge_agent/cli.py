@@ -179,10 +179,19 @@ def run(cfg: Config) -> int:
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(cfg.path, reloads)))
         await Agent(cfg).run(stop, reload=reloads)
 
+    from edge_agent.eventloop import LoopUnavailable, loop_factory
+
+    try:
+        factory, loop_name = loop_factory(cfg.agent.event_loop)
+    except LoopUnavailable as exc:
+        print(f"{cfg.path}: agent.event_loop: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    log.info("event loop: %s", loop_name)
     # A watchdog kill (SIGABRT) then leaves a stack trace of every thread in the journal: where it hung.
     faulthandler.enable()
     try:
-        asyncio.run(_main())
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(_main())
     except SpoolUnavailable as exc:
         print(f"{cfg.path}: {exc}", file=sys.stderr)
         return 74  # EX_IOERR

@@ -17,6 +17,15 @@ from pathlib import Path
 
 import pytest
 
+# The agent runs on uvloop where installed (edge_agent/eventloop.py); in-process tests run on the
+# stdlib loop unless EDGE_AGENT_TEST_LOOP=uvloop, which runs them on uvloop too (the hook needs
+# pytest-asyncio >= 1.3, hence defined only on request).
+if os.environ.get("EDGE_AGENT_TEST_LOOP") == "uvloop":
+    def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable]:
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "plant.toml"
 # Agents started by tests share one compiled-kernel cache: each would otherwise compile every numba

@@ -94,10 +94,16 @@ def assert_values_served(rows: list[Batch], tags: list[dict], device_name: str =
     assert checked
 
 
+# Pipelined: one request per tag, four in flight (written in one go), faults hitting all of them at once.
+PIPELINED = {"max_gap": 0, "max_registers": 2, "max_inflight": 4}
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["serial", "pipelined"])
 @pytest.mark.parametrize("fault", ["short", "long", "malformed"])
-async def test_wrong_size_replies_are_bad_decode_never_wrong_values(sim: ModbusSimServer, fault: str) -> None:
+async def test_wrong_size_replies_are_bad_decode_never_wrong_values(sim: ModbusSimServer, fault: str,
+                                                                    pipelined: bool) -> None:
     setattr(sim.faults, f"{fault}_rate", 1.0)
-    run = Running(device(sim.port))
+    run = Running(device(sim.port, **(PIPELINED if pipelined else {})))
     try:
         await run.until(lambda: len(run.rows) >= 3, 10, f"polls with {fault} replies")
         assert all((b.quality == QUALITY_BAD_DECODE).all() and np.isnan(b.values).all() for b in run.rows)
@@ -111,12 +117,15 @@ async def test_wrong_size_replies_are_bad_decode_never_wrong_values(sim: ModbusS
     assert_values_served(run.rows, BOILER)
 
 
-async def test_transaction_id_mismatch_flushes_and_reconnects(sim: ModbusSimServer) -> None:
-    run = Running(device(sim.port))
+@pytest.mark.parametrize("pipelined", [False, True], ids=["serial", "pipelined"])
+async def test_transaction_id_mismatch_flushes_and_reconnects(sim: ModbusSimServer, pipelined: bool) -> None:
+    run = Running(device(sim.port, **(PIPELINED if pipelined else {})))
     try:
         await run.until(lambda: len(run.rows) >= 2, 10, "first polls")
         sim.faults.tid_rate = 1.0
-        await run.until(lambda: run.driver.stats.errors_by_kind.get("tid_mismatch", 0) >= 2, 10, "mismatches")
+        # Two polls hit by a mismatch (pipelined, one mismatch fails every request in flight at once).
+        await run.until(lambda: run.driver.stats.errors_by_kind.get("tid_mismatch", 0) >= 2
+                        and run.driver.stats.poll_errors >= 2, 10, "mismatches")
         assert any((b.quality == QUALITY_BAD_COMM).all() for b in run.rows)
         sim.faults.tid_rate = 0.0
         n = len(run.rows)
@@ -127,10 +136,12 @@ async def test_transaction_id_mismatch_flushes_and_reconnects(sim: ModbusSimServ
     assert_values_served(run.rows, BOILER)
 
 
+@pytest.mark.parametrize("pipelined", [False, True], ids=["serial", "pipelined"])
 async def test_exception_replies_mark_bad_device_and_keep_the_connection(sim: ModbusSimServer,
-                                                                          caplog: pytest.LogCaptureFixture) -> None:
+                                                                          caplog: pytest.LogCaptureFixture,
+                                                                          pipelined: bool) -> None:
     sim.faults.exception_rate = 1.0
-    run = Running(device(sim.port))
+    run = Running(device(sim.port, **(PIPELINED if pipelined else {})))
     try:
         with caplog.at_level(logging.INFO, logger="edge_agent.drivers.modbus"):
             await run.until(lambda: len(run.rows) >= 5, 10, "polls answered with exceptions")
@@ -142,7 +153,7 @@ async def test_exception_replies_mark_bad_device_and_keep_the_connection(sim: Mo
         await run.stop()
     assert run.driver.stats.connects == 1 and run.driver.stats.errors_by_kind["exception"] >= 5
     lines = [r.getMessage() for r in caplog.records if "exception 4" in r.getMessage()]
-    assert len(lines) == 1, lines  # one line per state change, not one per poll
+    assert len(lines) == len(run.driver.plan), lines  # one line per request's state change, not one per poll
     assert any("answers again" in r.getMessage() for r in caplog.records)
 
 
@@ -209,9 +220,10 @@ async def test_a_unit_that_never_answers_is_retried_with_backoff_not_every_tick(
     assert run.driver.stats.errors_by_kind["timeout"] == len(run.rows)
 
 
-async def test_retries_ride_out_a_lost_reply(sim: ModbusSimServer) -> None:
+@pytest.mark.parametrize("pipelined", [False, True], ids=["serial", "pipelined"])
+async def test_retries_ride_out_a_lost_reply(sim: ModbusSimServer, pipelined: bool) -> None:
     # Every other reply is malformed: with one retry per request every poll still ends good.
-    run = Running(device(sim.port, retries=1))
+    run = Running(device(sim.port, retries=1, **(PIPELINED if pipelined else {})))
     try:
         await run.until(lambda: len(run.rows) >= 2, 10, "first polls")
         sim.faults.malformed_rate = 0.5
@@ -221,9 +233,9 @@ async def test_retries_ride_out_a_lost_reply(sim: ModbusSimServer) -> None:
         await run.stop()
     stats = run.driver.stats
     assert stats.retries >= 3 and stats.errors_by_kind["malformed"] >= 3
-    # A poll is bad only if both attempts failed (p = 1/4): most are good.
-    good = sum(bool((b.quality == QUALITY_GOOD).all()) for b in run.rows)
-    assert good > len(run.rows) // 2
+    # A request's samples are bad only if both attempts failed (p = 1/4): most are good.
+    good = sum(int((b.quality == QUALITY_GOOD).sum()) for b in run.rows)
+    assert good > sum(b.quality.size for b in run.rows) // 2
 
 
 async def test_slow_device_does_not_slow_a_fast_one(sim: ModbusSimServer) -> None:

@@ -41,6 +41,7 @@ EXCEPTION_NAMES = {
     10: "gateway path unavailable", 11: "gateway target failed to respond",
 }
 MBAP = struct.Struct(">HHHB")
+_TID = struct.Struct(">H")
 Count = Callable[[str], None]  # the requesting device's error counter
 
 
@@ -74,9 +75,11 @@ class _Expired(Exception):
     """Set on a request's future by its timer."""
 
 
-def _expire(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_exception(_Expired())
+def _expire(key: asyncio.Future | tuple[_Chain, int]) -> None:
+    if type(key) is tuple:  # a request of a chain: (chain, transaction id)
+        key[0].expire(key[1])
+    elif not key.done():  # type: ignore[union-attr]
+        key.set_exception(_Expired())  # type: ignore[union-attr]
 
 
 class _Deadlines:
@@ -90,18 +93,17 @@ class _Deadlines:
     """
 
     def __init__(self) -> None:
-        self._due: dict[asyncio.Future, float] = {}
+        self._due: dict[asyncio.Future | tuple[_Chain, int], float] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
 
-    def add(self, fut: asyncio.Future, timeout_s: float) -> None:
-        loop = asyncio.get_running_loop()
+    def add(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future | tuple[_Chain, int], timeout_s: float) -> None:
         at = loop.time() + timeout_s
         self._due[fut] = at
         if self._timer is None or at < self._timer_at:
             self._arm(loop, at)
 
-    def discard(self, fut: asyncio.Future) -> None:
+    def discard(self, fut: asyncio.Future | tuple[_Chain, int]) -> None:
         self._due.pop(fut, None)
 
     def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
@@ -113,15 +115,15 @@ class _Deadlines:
         self._timer = None
         loop = asyncio.get_running_loop()
         now = loop.time()
-        nxt = None
-        for fut, at in list(self._due.items()):
-            if at <= now:
-                del self._due[fut]
-                _expire(fut)
-            elif nxt is None or at < nxt:
-                nxt = at
-        if nxt is not None:
-            self._arm(loop, nxt)
+        # Expiring a chain's request runs its handling at once, which may close the bus and so
+        # discard (or, in principle, add) other deadlines: work from a list, check each is still due.
+        for key in [k for k, at in self._due.items() if at <= now]:
+            if self._due.pop(key, None) is not None:
+                _expire(key)
+        if self._due:
+            nxt = min(self._due.values())
+            if self._timer is None or nxt < self._timer_at:
+                self._arm(loop, nxt)
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,11 @@ class Read:
     @cached_property
     def byte_count(self) -> int:
         return (self.count + 7) // 8 if self.function in (1, 2) else 2 * self.count
+
+    @cached_property
+    def mbap_tail(self) -> bytes:
+        """The TCP frame after its transaction id: protocol 0, length, unit, PDU."""
+        return MBAP.pack(0, 0, len(self.pdu) + 1, self.unit)[2:] + self.pdu
 
 
 def check_reply(req: Read, pdu: bytes) -> bytes:
@@ -251,6 +258,25 @@ class _Wire(asyncio.Protocol):
         self.closed = True
 
 
+class _TcpWire(_Wire):
+    """Modbus TCP needs no event or receive time: every chunk goes straight to the bus's parser,
+    which completes the waiting requests; that is the whole receive path, one call per chunk."""
+
+    def __init__(self, parse: Callable[[_Wire], None]):
+        super().__init__()
+        self._parse = parse
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        self.rx_bytes += len(data)
+        self._parse(self)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.closed = True
+        self.lost = exc
+        self._parse(self)
+
+
 async def _open(endpoint: Endpoint, wire: _Wire, timeout_s: float) -> None:
     loop = asyncio.get_running_loop()
     try:
@@ -354,16 +380,16 @@ class TcpBus(Bus):
     def __init__(self, endpoint: Endpoint):
         super().__init__(endpoint)
         self._tid = 0
-        self._pending: dict[int, tuple[asyncio.Future[tuple[int, bytes]], Count]] = {}
+        self._pending: dict[int, tuple[asyncio.Future[tuple[int, bytes]] | _Chain, Count]] = {}
         # tid -> counter of requests that timed out, oldest first; a dict so that looking up a
         # tid costs one probe per request, not a scan of up to ABANDONED_KEEP entries.
         self._abandoned: dict[int, Count] = {}
         self._deadlines = _Deadlines()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _new_wire(self) -> _Wire:
-        wire = _Wire()
-        wire._on_data = lambda: self._parse(wire)
-        return wire
+        self._loop = asyncio.get_running_loop()
+        return _TcpWire(self._parse)
 
     def _parse(self, wire: _Wire) -> None:
         buf = wire.buf
@@ -378,8 +404,11 @@ class TcpBus(Bus):
             del buf[: 6 + length]
             entry = self._pending.pop(tid, None)
             if entry is not None:
-                if not entry[0].done():
-                    entry[0].set_result((unit, pdu))
+                target = entry[0]
+                if type(target) is _Chain:
+                    target.reply(tid, pdu)
+                elif not target.done():
+                    target.set_result((unit, pdu))
                 continue
             late = self._abandoned.get(tid)
             if late is not None:
@@ -393,9 +422,11 @@ class TcpBus(Bus):
     def _fail_all(self, wire: _Wire, exc: LinkError) -> None:
         wire.buf.clear()
         pending, self._pending = self._pending, {}
-        for fut, _ in pending.values():
-            if not fut.done():
-                fut.set_exception(exc)
+        for tid, (target, _) in pending.items():
+            if type(target) is _Chain:
+                target.fail(tid, exc)
+            elif not target.done():
+                target.set_exception(exc)
         if self.wire is wire:
             self.close()
         else:
@@ -409,11 +440,45 @@ class TcpBus(Bus):
         self._abandoned.clear()
 
     def _next_tid(self) -> int:
+        tid = (self._tid + 1) & 0xFFFF
+        if tid not in self._pending and tid not in self._abandoned:  # nearly always
+            self._tid = tid
+            return tid
         for _ in range(0x10000):
             self._tid = (self._tid + 1) & 0xFFFF
             if self._tid not in self._pending and self._tid not in self._abandoned:
                 return self._tid
         raise LinkError("connection", "no free transaction id")
+
+    def _abandon(self, tid: int, count: Count) -> None:
+        if len(self._abandoned) >= self.ABANDONED_KEEP:
+            del self._abandoned[next(iter(self._abandoned))]
+        self._abandoned[tid] = count
+
+    async def read_chain(self, reads: list[Read], timeout_s: float, count: Count, inflight: int,
+                         on_reply: Callable[[int, bytes], None]) -> tuple[dict[int, Exception], int, int]:
+        """Send the reads of one poll from the reply callback, up to `inflight` at a time, each reply
+        handed to on_reply(index, data) as it arrives.
+
+        Why: a future, a task switch and a wake-up per request cost more CPU than the request itself
+        (measured: ~160 us against ~85 us per request on the stdlib loop). Here a poll costs one
+        future whatever its number of requests. The chain stops sending at the first request that
+        does not come back as a good reply (timeout, exception, bad reply, lost link) and returns
+        once nothing is in flight: (outcome per failed index, index of the first read not sent,
+        reads sent). The caller handles those exactly as if read() had raised them.
+        """
+        loop = self._loop
+        assert loop is not None
+        chain = _Chain(self, loop, reads, timeout_s, count, max(1, inflight), on_reply)
+        self._busy += 1
+        try:
+            chain.pump()
+            await chain.future
+            return chain.outcomes, chain.next, chain.sent_total
+        finally:
+            self._busy -= 1
+            for tid in chain.sent:  # cancelled while requests were in flight: their replies are dropped
+                self._deadlines.discard((chain, tid))
 
     async def read(self, req: Read, timeout_s: float, count: Count, pause_s: float = 0.0) -> bytes:
         wire = self.wire
@@ -424,22 +489,21 @@ class TcpBus(Bus):
             if pause_s > 0:
                 await asyncio.sleep(pause_s)
             tid = self._next_tid()
-            fut: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+            loop = self._loop
+            assert loop is not None
+            fut: asyncio.Future[tuple[int, bytes]] = loop.create_future()
             self._pending[tid] = (fut, count)
-            pdu = req.pdu
             rx_before = wire.rx_bytes
-            wire.write(MBAP.pack(tid, 0, len(pdu) + 1, req.unit) + pdu)
+            wire.write(_TID.pack(tid) + req.mbap_tail)
             self.requests += 1
             # A deadline on the future, not wait_for: wait_for wraps every request in a task, and at a
             # few hundred requests a second that bookkeeping is most of the driver's CPU.
-            self._deadlines.add(fut, timeout_s)
+            self._deadlines.add(loop, fut, timeout_s)
             try:
                 _, reply = await fut
             except _Expired:
                 self._pending.pop(tid, None)
-                if len(self._abandoned) >= self.ABANDONED_KEEP:
-                    del self._abandoned[next(iter(self._abandoned))]
-                self._abandoned[tid] = count
+                self._abandon(tid, count)
                 # Silence on the whole connection since we sent: the link (or the server) is dead, so
                 # reconnect. Other traffic got through: only this unit is silent; keep the others going.
                 silent = wire.rx_bytes == rx_before
@@ -453,6 +517,101 @@ class TcpBus(Bus):
             return check_reply(req, reply)
         finally:
             self._busy -= 1
+
+
+class _Chain:
+    """The state of one TcpBus.read_chain: which reads are in flight, which failed, what is next."""
+
+    __slots__ = ("bus", "count", "future", "inflight", "next", "on_reply", "outcomes", "reads", "sent",
+                 "sent_total", "stopped", "timeout_s")
+
+    def __init__(self, bus: TcpBus, loop: asyncio.AbstractEventLoop, reads: list[Read], timeout_s: float,
+                 count: Count, inflight: int, on_reply: Callable[[int, bytes], None]):
+        self.bus, self.reads, self.timeout_s, self.count = bus, reads, timeout_s, count
+        self.inflight, self.on_reply = inflight, on_reply
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.next = 0
+        self.sent: dict[int, tuple[int, _Wire, int]] = {}  # tid -> (index, wire, its rx_bytes when sent)
+        self.sent_total = 0
+        self.outcomes: dict[int, Exception] = {}
+        self.stopped = False
+
+    def pump(self) -> None:
+        """Send what may be sent; resolve the future once nothing is in flight and nothing more goes.
+
+        With max_inflight > 1 the requests that may go out together leave in one write (one
+        segment, one system call): a device that takes pipelined requests, as max_inflight says
+        it does, sees them back to back."""
+        bus = self.bus
+        n = len(self.reads)
+        if not self.stopped and self.next < n and len(self.sent) < self.inflight:
+            wire = bus.wire
+            if wire is None or wire.closed:
+                self._failed(self.next, LinkError("connection", "not connected"))
+                self.next += 1
+            else:
+                frames = []
+                rx = wire.rx_bytes
+                while self.next < n and len(self.sent) < self.inflight:
+                    tid = bus._next_tid()
+                    bus._pending[tid] = (self, self.count)
+                    self.sent[tid] = (self.next, wire, rx)
+                    frames.append(_TID.pack(tid) + self.reads[self.next].mbap_tail)
+                    bus._deadlines.add(bus._loop, (self, tid), self.timeout_s)  # type: ignore[arg-type]
+                    self.next += 1
+                wire.write(frames[0] if len(frames) == 1 else b"".join(frames))
+                bus.requests += len(frames)
+                self.sent_total += len(frames)
+        if not self.sent and (self.stopped or self.next >= n) and not self.future.done():
+            self.future.set_result(None)
+
+    def _failed(self, i: int, exc: Exception) -> None:
+        self.outcomes[i] = exc
+        self.stopped = True
+
+    def reply(self, tid: int, pdu: bytes) -> None:
+        entry = self.sent.pop(tid, None)
+        if entry is None:
+            return
+        self.bus._deadlines.discard((self, tid))
+        if self.future.done():  # the poll was cancelled
+            return
+        i = entry[0]
+        try:
+            data = check_reply(self.reads[i], pdu)
+        except (ReplyError, DeviceException) as exc:
+            self._failed(i, exc)
+        else:
+            try:
+                self.on_reply(i, data)
+            except Exception as exc:  # a bug must fail the poll, never the parser of the connection
+                self.stopped = True
+                self.future.set_exception(exc)
+                return
+        self.pump()
+
+    def expire(self, tid: int) -> None:
+        entry = self.sent.pop(tid, None)
+        if entry is None:
+            return
+        i, wire, rx_before = entry
+        bus = self.bus
+        bus._pending.pop(tid, None)
+        bus._abandon(tid, self.count)
+        # As in read(): silence on the whole connection since we sent means a dead link: reconnect.
+        silent = wire.rx_bytes == rx_before
+        self._failed(i, RequestTimeout(self.timeout_s, closed=silent))
+        if silent and bus.wire is wire:
+            bus.close("timeout on a silent connection")
+        self.pump()
+
+    def fail(self, tid: int, exc: LinkError) -> None:
+        entry = self.sent.pop(tid, None)
+        if entry is None:
+            return
+        self.bus._deadlines.discard((self, tid))
+        self._failed(entry[0], exc)
+        self.pump()
 
 
 @dataclass

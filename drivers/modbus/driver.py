@@ -31,6 +31,7 @@ from drivers.modbus.client import (
     Read,
     ReplyError,
     RequestTimeout,
+    TcpBus,
 )
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.decode import decode_bits, decode_registers
@@ -82,8 +83,12 @@ class ModbusDriver:
         self._all_columns = len(self.groups) == 1
         self.bus: Bus | None = None
         self._troubled = False  # some request or tag has been reported bad: check for recoveries
-        self._reads: dict[int, tuple[ReadRequest, Read]] = {}  # id(request) -> (request, its wire form)
+        # id(request) -> (request, its wire form, its columns as a slice when contiguous)
+        self._reads: dict[int, tuple[ReadRequest, Read, slice | np.ndarray]] = {}
         self._templates: dict[int, Batch] = {}  # poll group -> its empty one-row batch
+        # poll group -> (_plan_epoch they were made in, the plan's wire forms, their Reads): chain path
+        self._forms: dict[int, tuple[int, list[tuple[ReadRequest, Read, slice | np.ndarray]], list[Read]]] = {}
+        self._plan_epoch = 0  # bumped whenever a split changes a plan
 
     @property
     def plan(self) -> list[ReadRequest]:
@@ -107,8 +112,13 @@ class ModbusDriver:
         period = self.groups[gi].interval
         start: int | None = None  # the tick grid starts at the first connection, not at process start
         tick = 0
+        bus = self.bus
+        assert bus is not None
         while True:
-            await self._ready()
+            if self._retry_at or not bus.connected or self._ready_lock.locked():
+                await self._ready()
+            else:  # what _ready would find at once, without taking the lock on every tick
+                self.stats.connected = True
             now = time.monotonic_ns()
             if start is None:
                 start = now
@@ -117,7 +127,9 @@ class ModbusDriver:
             if due > tick:
                 self.stats.skipped_ticks += due - tick
                 tick = due
-            await _sleep_until(start + tick * period)
+            delay = (start + tick * period - time.monotonic_ns()) / 1e9
+            if delay > 0:
+                await asyncio.sleep(delay)
             if getattr(self.sink, "accepting", True):  # a plain callable is a sink that always accepts
                 t0 = time.monotonic()
                 await self._poll(gi)
@@ -184,30 +196,36 @@ class ModbusDriver:
         self.stats.polls += 1
         plan = list(self._plans[gi])
         failure: LinkError | None = None
+        # Requests the chain fast path left to the general path below, with what the chain saw of
+        # each (None: not sent yet); the general path handles it exactly as if read() had raised it.
+        todo: list[tuple[int, Exception | None]] = [(i, None) for i in range(len(plan))]
+        if isinstance(self.bus, TcpBus) and self._pause_s == 0 and self.bus.connected:
+            todo = await self._chain(gi, plan, row)
         if self.device.max_inflight == 1:
-            for i, req in enumerate(plan):
+            for i, preset in todo:
+                req = plan[i]
                 if failure is not None:
                     row.stamp(req)  # columns stay BAD_COMM: the device is not answering this poll
                     continue
                 try:
-                    await self._request(gi, req, row, self._pause_s if i else 0.0)
+                    await self._request(gi, req, row, self._pause_s if i else 0.0, preset)
                 except _LinkFailed as exc:
                     failure = exc.args[0]
-        else:
+        elif todo:
             sem = asyncio.Semaphore(self.device.max_inflight)
             failures: list[LinkError] = []
 
-            async def one(req: ReadRequest) -> None:
+            async def one(req: ReadRequest, preset: Exception | None) -> None:
                 async with sem:
                     if failures:
                         row.stamp(req)
                         return
                     try:
-                        await self._request(gi, req, row, self._pause_s)
+                        await self._request(gi, req, row, self._pause_s, preset)
                     except _LinkFailed as exc:
                         failures.append(exc.args[0])
 
-            await asyncio.gather(*(one(r) for r in plan))
+            await asyncio.gather(*(one(plan[i], preset) for i, preset in todo))
             failure = failures[0] if failures else None
         if row.text:  # string tags read this poll; the others stay missing (their quality says why)
             batch.text = {c: text_column([t]) for c, t in row.text.items()}
@@ -237,20 +255,60 @@ class ModbusDriver:
         return Batch(tpl.device, tpl.ts.copy(), tpl.values.copy(), tpl.quality.copy(), tpl.flags.copy(),
                      tpl.columns)
 
-    async def _request(self, gi: int, req: ReadRequest, row: _Row, pause_s: float) -> None:
-        """Send one request (with retries) and fill its columns; raises _LinkFailed to end the poll."""
-        assert self.bus is not None
+    def _wire_form(self, req: ReadRequest) -> tuple[ReadRequest, Read, slice | np.ndarray]:
         hit = self._reads.get(id(req))
         if hit is None or hit[0] is not req:
-            hit = (req, Read(req.unit, req.function, req.start, req.count))
+            hit = (req, Read(req.unit, req.function, req.start, req.count), _as_slice(req.columns))
             self._reads[id(req)] = hit  # holds req: its id stays unique; splits add a few, once
-        wire = hit[1]
+        return hit
+
+    async def _chain(self, gi: int, plan: list[ReadRequest], row: _Row) -> list[tuple[int, Exception | None]]:
+        """The requests of a poll through TcpBus.read_chain; returns what is left for _request."""
+        assert isinstance(self.bus, TcpBus)
+        cached = self._forms.get(gi)
+        if cached is None or cached[0] != self._plan_epoch:
+            forms = [self._wire_form(r) for r in plan]
+            cached = self._forms[gi] = (self._plan_epoch, forms, [f[1] for f in forms])
+        forms = cached[1]
+
+        def on_reply(i: int, data: bytes) -> None:  # the good-reply half of _request, in the reply callback
+            req, _, cols = forms[i]
+            row.ts[cols] = time.time_ns()  # stamped when the answer arrives, not when converted
+            if self._failing:
+                self._answered()
+            if req.register_reply:
+                decode_registers(req, data, row.values, row.text)
+            else:
+                decode_bits(req, data, row.values)
+            row.quality[cols] = QUALITY_GOOD
+            if self._troubled:
+                self._recovered(req)
+
+        outcomes, first_unsent, sent = await self.bus.read_chain(
+            cached[2], self._timeout_s, self.stats.error, self.device.max_inflight, on_reply)
+        self.stats.requests += sent
+        if not outcomes and first_unsent == len(plan):
+            return []
+        return sorted(outcomes.items()) + [(i, None) for i in range(first_unsent, len(plan))]
+
+    async def _request(self, gi: int, req: ReadRequest, row: _Row, pause_s: float,
+                       preset: Exception | None = None) -> None:
+        """Send one request (with retries) and fill its columns; raises _LinkFailed to end the poll.
+
+        `preset` is the outcome of a first attempt the chain fast path already sent: handled here as
+        if this read had raised it, so every fault takes the one path below."""
+        assert self.bus is not None
+        _, wire, cols = self._wire_form(req)
         last: Exception | None = None
         for attempt in range(self.device.retries + 1):
             if attempt:
                 self.stats.retries += 1
-            self.stats.requests += 1
+            if preset is None:
+                self.stats.requests += 1
             try:
+                if preset is not None:
+                    exc, preset = preset, None
+                    raise exc
                 data = await self.bus.read(wire, self._timeout_s, self.stats.error, pause_s)
             except RequestTimeout as exc:
                 self.stats.error("timeout")
@@ -271,13 +329,14 @@ class ModbusDriver:
                 self.stats.error(exc.kind)
                 row.stamp(req)
                 raise _LinkFailed(exc) from None
-            row.stamp(req)
-            self._answered()
+            row.ts[cols] = time.time_ns()  # stamped when the answer arrives, not when converted
+            if self._failing:
+                self._answered()
             if req.register_reply:
                 decode_registers(req, data, row.values, row.text)
             else:
                 decode_bits(req, data, row.values)
-            row.quality[req.columns] = QUALITY_GOOD
+            row.quality[cols] = QUALITY_GOOD
             if self._troubled:  # rare: only after a request or tag went bad, so no per-tag work per poll
                 self._recovered(req)
             return
@@ -310,6 +369,7 @@ class ModbusDriver:
             if req in plan:
                 i = next(i for i, r in enumerate(plan) if r is req)
                 plan[i : i + 1] = [a, b]
+                self._plan_epoch += 1
             self.stats.splits += 1
             log.info("%s: %s answered %s; split into %s and %s", self._where, req.describe(), exc,
                      a.describe(), b.describe())
@@ -355,7 +415,9 @@ class _Row:
         self.ts[req.columns] = time.time_ns()  # stamped when the answer arrives, not when converted
 
 
-async def _sleep_until(deadline_ns: int) -> None:
-    delay = (deadline_ns - time.monotonic_ns()) / 1e9
-    if delay > 0:
-        await asyncio.sleep(delay)
+def _as_slice(columns: np.ndarray) -> slice | np.ndarray:
+    """Contiguous ascending columns (the usual case) as a slice: assigning through a slice costs a
+    fraction of a fancy-index assignment, and a poll does a few per request."""
+    if len(columns) and np.array_equal(columns, np.arange(columns[0], columns[0] + len(columns))):
+        return slice(int(columns[0]), int(columns[0]) + len(columns))
+    return columns

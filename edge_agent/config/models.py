@@ -33,6 +33,8 @@ class AgentSection(Section):
     id: Name
     state_dir: Annotated[Path, BeforeValidator(_directory), Field(strict=False)]
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # uvloop where installed (see edge_agent/eventloop.py); EDGE_AGENT_EVENT_LOOP overrides this.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
 
 class UplinkSection(Section):
