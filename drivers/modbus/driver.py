@@ -273,16 +273,7 @@ class ModbusDriver:
 
         def on_reply(i: int, data: bytes) -> None:  # the good-reply half of _request, in the reply callback
             req, _, cols = forms[i]
-            row.ts[cols] = time.time_ns()  # stamped when the answer arrives, not when converted
-            if self._failing:
-                self._answered()
-            if req.register_reply:
-                decode_registers(req, data, row.values, row.text)
-            else:
-                decode_bits(req, data, row.values)
-            row.quality[cols] = QUALITY_GOOD
-            if self._troubled:
-                self._recovered(req)
+            self._accept(req, cols, data, row)
 
         outcomes, first_unsent, sent = await self.bus.read_chain(
             cached[2], self._timeout_s, self.stats.error, self.device.max_inflight, on_reply)
@@ -290,6 +281,19 @@ class ModbusDriver:
         if not outcomes and first_unsent == len(plan):
             return []
         return sorted(outcomes.items()) + [(i, None) for i in range(first_unsent, len(plan))]
+
+    def _accept(self, req: ReadRequest, cols: object, data: bytes, row: _Row) -> None:
+        """A good reply: its tags decoded and good, stamped when the answer arrived, not when converted."""
+        row.ts[cols] = time.time_ns()
+        if self._failing:
+            self._answered()
+        if req.register_reply:
+            decode_registers(req, data, row.values, row.text)
+        else:
+            decode_bits(req, data, row.values)
+        row.quality[cols] = QUALITY_GOOD
+        if self._troubled:  # rare: only after a request or tag went bad, so no per-tag work per poll
+            self._recovered(req)
 
     async def _request(self, gi: int, req: ReadRequest, row: _Row, pause_s: float,
                        preset: Exception | None = None) -> None:
@@ -329,16 +333,7 @@ class ModbusDriver:
                 self.stats.error(exc.kind)
                 row.stamp(req)
                 raise _LinkFailed(exc) from None
-            row.ts[cols] = time.time_ns()  # stamped when the answer arrives, not when converted
-            if self._failing:
-                self._answered()
-            if req.register_reply:
-                decode_registers(req, data, row.values, row.text)
-            else:
-                decode_bits(req, data, row.values)
-            row.quality[cols] = QUALITY_GOOD
-            if self._troubled:  # rare: only after a request or tag went bad, so no per-tag work per poll
-                self._recovered(req)
+            self._accept(req, cols, data, row)
             return
         row.stamp(req)
         if isinstance(last, ReplyError):
