@@ -48,8 +48,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -86,9 +88,9 @@ def write_profile(path: Path, devices: int, tags: int) -> None:
     path.write_text("\n".join(lines))
 
 
-def device_table(d: int, tags: int, port: int, interval: str, per_tag: bool) -> dict:
+def device_table(d: int, tags: int, port: int, interval: str, per_tag: bool, inflight: int = 1) -> dict:
     dev: dict = {"name": f"dev{d}", "protocol": "modbus", "endpoint": f"tcp://127.0.0.1:{port}", "unit": d + 1,
-                 "poll_interval": interval, "timeout": "1s",
+                 "poll_interval": interval, "timeout": "1s", "max_inflight": inflight,
                  "tags": [{"name": f"t{t}", "address": f"hr:{2 * t}", "type": "float32"} for t in range(tags)]}
     if per_tag:  # the baseline: one request per tag, as the Python peer gateway reads
         dev.update(max_gap=0, max_registers=2)
@@ -165,12 +167,24 @@ class Bench:
             agent.close()
         return points / wall, cpu, points
 
-    def scenario(self, name: str, devices: int, tags: int, interval: str, per_tag: bool) -> Result:
+    def scenario(self, name: str, devices: int, tags: int, interval: str, per_tag: bool, inflight: int = 1) -> Result:
         port = self.simulator(devices, tags)
-        table = [device_table(d, tags, port, interval, per_tag) for d in range(devices)]
+        table = [device_table(d, tags, port, interval, per_tag, inflight) for d in range(devices)]
         requests = sum(len(plan_device(ModbusDevice.model_validate(t))) for t in table)
         rate, cpu, points = self.agent_run(name, table, self.seconds)
         return Result(name, rate, cpu / max(points, 1) * 1000, 100 * cpu / self.seconds, requests)
+
+    def floor(self, devices: int, tags: int, interval: str) -> float:
+        """CPU-s per 1,000 points of a bare asyncio client sending the same requests (modbus_floor.py)."""
+        port = self.simulator(devices, tags)
+        out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "modbus_floor.py"), "--port", str(port),
+                              "--devices", str(devices), "--tags", str(tags), "--interval", interval,
+                              "--seconds", str(self.seconds)],
+                             capture_output=True, text=True, timeout=120 + self.seconds)
+        if out.returncode != 0:
+            raise RuntimeError(f"modbus_floor.py failed: {out.stderr.strip()[-2000:]}")
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        return result["cpu_s"] / max(result["points"], 1) * 1000
 
     def close(self) -> None:
         self.consumer.close()
@@ -223,6 +237,8 @@ def main() -> None:
         for name, devices, tags, interval in scenarios:
             ours = bench.scenario(name, devices, tags, interval, per_tag=False)
             base = bench.scenario(name + "-per-tag", devices, tags, interval, per_tag=True)
+            piped = bench.scenario(name + "-inflight4", devices, tags, interval, per_tag=False, inflight=4)
+            floor = bench.floor(devices, tags, interval)
             port = bench.simulator(devices, tags)
             # On the loop the agent would run (uvloop where installed; EDGE_AGENT_EVENT_LOOP switches).
             with asyncio.Runner(loop_factory=loop_factory("auto")[0]) as runner:
@@ -234,6 +250,10 @@ def main() -> None:
                   f"(target: at most {TARGET_CPU_PER_KPOINTS})")
             print(f"  one per tag:  {base.points_per_s:8.0f} points/s, {base.cpu_per_kpoints:.5f} agent CPU-s per "
                   f"1000 points ({base.cpu_percent:.1f}% of a core), {base.requests_per_poll} requests per round")
+            print(f"  inflight 4:   {piped.points_per_s:8.0f} points/s, {piped.cpu_per_kpoints:.5f} agent CPU-s per "
+                  f"1000 points ({piped.cpu_percent:.1f}% of a core): the requests of a poll pipelined")
+            print(f"  floor:        a bare asyncio client sending the same requests one at a time, nothing else: "
+                  f"{floor:.5f} CPU-s per 1000 points; agent / floor {ours.cpu_per_kpoints / max(floor, 1e-12):.2f}x")
             ratio = base.cpu_per_kpoints / max(ours.cpu_per_kpoints, 1e-12)
             print(f"  baseline / coalesced CPU per point: {ratio:.1f}x; "
                   f"requests {base.requests_per_poll / ours.requests_per_poll:.0f}x")
