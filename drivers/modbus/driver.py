@@ -194,13 +194,19 @@ class ModbusDriver:
         batch = self._empty_row(gi, k)
         row = _Row(batch)
         self.stats.polls += 1
-        plan = list(self._plans[gi])
+        plan = self._plans[gi]
         failure: LinkError | None = None
         # Requests the chain fast path left to the general path below, with what the chain saw of
         # each (None: not sent yet); the general path handles it exactly as if read() had raised it.
-        todo: list[tuple[int, Exception | None]] = [(i, None) for i in range(len(plan))]
-        if isinstance(self.bus, TcpBus) and self._pause_s == 0 and self.bus.connected:
+        todo: list[tuple[int, Exception | None]] | None = None  # None: all of them
+        bus = self.bus
+        if type(bus) is TcpBus and self._pause_s == 0 and bus.connected:
             todo = await self._chain(gi, plan, row)
+        if todo is None or todo:
+            # The general path may split a request of the live plan: walk a copy of it.
+            plan = list(plan)
+            if todo is None:
+                todo = [(i, None) for i in range(len(plan))]
         if self.device.max_inflight == 1:
             for i, preset in todo:
                 req = plan[i]
