@@ -19,6 +19,28 @@ TILE = 256  # tags per tile: parameters and state of a tile fit in a 32 KB L1 da
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _idle_while_warm(
+    values: np.ndarray, quality: np.ndarray, on: np.ndarray, warmup: np.ndarray, count: np.ndarray, j0: int,
+    w: int,
+) -> bool:
+    """Whether every tag of the tile still learning its baseline has no usable sample in this batch.
+
+    Such a tag does nothing the steady loop would do differently (an unusable sample is neither
+    judged nor flagged WARMUP and changes no state), so the tile may still take the steady loop:
+    without this, one dead sensor (bad quality for good) would keep its tile of 256 tags in the
+    learning loop, with its square root and three divisions per sample, for ever. Scalar, but it
+    only looks at the tags still learning, and stops at the first usable sample.
+    """
+    for jj in range(w):
+        j = j0 + jj
+        if on[j] != 0 and count[j] < warmup[j]:
+            for i in range(values.shape[0]):
+                if (quality[i, j] & 0x80) == 0 and np.isfinite(values[i, j]):
+                    return False
+    return True
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def cusum_kernel(
     values: np.ndarray, quality: np.ndarray, on: np.ndarray, k_ref: np.ndarray, h: np.ndarray,
     warmup: np.ndarray, min_sigma: np.ndarray, mean: np.ndarray, m2: np.ndarray, count: np.ndarray,
@@ -40,6 +62,8 @@ def cusum_kernel(
             steady &= (on[j] == 0) | (c >= warmup[j])
             sd = math.sqrt(m2[j] / (c - 1))
             sig[jj] = sd if sd > ms else ms
+        if not steady:
+            steady = _idle_while_warm(values, quality, on, warmup, count, j0, w)
         for i in range(n):
             # Row views and a tile index from 0: the loop form LLVM vectorises; branch-free bodies
             # (both phases computed, the right one kept by selects) for the same reason.
