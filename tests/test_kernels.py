@@ -231,6 +231,49 @@ def test_ewma_zscore_steady(batch, data):
     assert_same(*got, *ewma_reference(values, quality, on, alpha, threshold, warmup, min_sigma))
 
 
+def with_dead_tag(values, quality, on, pre: int, seed: int):
+    """A clean prefix of `pre` rows before the batch, and in front of its tags one more tag that is on
+    but all bad quality through the prefix (a dead sensor, for ever in warm-up); in the batch part it
+    gets whatever hypothesis drew for tag 0, so it may come back to life."""
+    k = values.shape[1]
+    prefix = np.round(np.random.default_rng(seed).normal(0, 2.0, (pre, k + 1)) * 4) / 4
+    values = np.concatenate([prefix, np.concatenate([values[:, :1], values], axis=1)])
+    q = np.zeros((pre, k + 1), np.uint8)
+    q[:, 0] = 0x80
+    quality = np.concatenate([q, np.concatenate([quality[:, :1], quality], axis=1)])
+    return values, quality, np.concatenate([[1], on]).astype(np.uint8)
+
+
+@EXAMPLES
+@given(batches(), st.data())
+def test_dead_tag_in_warm_up_keeps_the_tile_steady(batch, data):
+    """A tag in warm-up with no usable sample in a batch lets its tile take the steady loop (ewma_zscore
+    and cusum): same flags and scores as the references, and while the dead tag stays dead, ewma's
+    steady loop (which keeps no count) is what the live tags took."""
+    _ts, values, quality, on, cuts = batch
+    n, k = values.shape
+    pre = 60
+    values, quality, on = with_dead_tag(values, quality, on, pre, n * 7 + k)
+    k += 1
+    pick = lambda xs, dtype=np.float64: data.draw(hnp.arrays(dtype, (k,), elements=st.sampled_from(xs)))  # noqa: E731
+    alpha, threshold = pick([0.02, 0.1, 0.3]), pick([0.5, 2.0, 4.0])
+    warmup, min_sigma = pick([2, 5, 8], np.int64), pick([0.0, 0.1])
+    cut_rows = [pre, *[pre + c for c in cuts]]
+    state = (np.zeros(k), np.zeros(k), np.zeros(k, np.int64))
+    got = run_chunked(ewma_zscore_kernel, None, values, quality, cut_rows,
+                      lambda a, b: (values[a:b], quality[a:b], on, alpha, threshold, warmup, min_sigma, *state),
+                      (BIT, WARM))
+    assert_same(*got, *ewma_reference(values, quality, on, alpha, threshold, warmup, min_sigma))
+    dead_throughout = not any(usable(q, v) for q, v in zip(quality[pre:, 0], values[pre:, 0], strict=True))
+    if dead_throughout:  # otherwise the sensor came back, and the calls from then on did warm up
+        np.testing.assert_array_equal(state[2][(on != 0) & (np.arange(k) > 0)], pre)
+    kref, h = pick([0.0, 0.5]), pick([1.0, 4.0])
+    state = tuple(np.zeros(k) if i != 2 else np.zeros(k, np.int64) for i in range(5))
+    got = run_chunked(cusum_kernel, None, values, quality, cut_rows,
+                      lambda a, b: (values[a:b], quality[a:b], on, kref, h, warmup, min_sigma, *state), (BIT, WARM))
+    assert_same(*got, *cusum_reference(values, quality, on, kref, h, warmup, min_sigma))
+
+
 # --------------------------------------------------------------------------------------------------
 # hampel: the reference keeps a plain deque window and asks numpy for median and MAD
 # --------------------------------------------------------------------------------------------------

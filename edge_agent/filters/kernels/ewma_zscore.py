@@ -20,7 +20,8 @@ and state stay in L1 across the rows. Once every tag of a tile is past warm-up a
 no longer beat alpha (it only shrinks), the tile takes a steady loop: no warm-up weight, no count
 (it has done its job: a steady tag stays steady), and `on` folded into the tile's squared
 threshold and floor (NaN for a tag that is off: it never fires and its score is NaN; its mean and
-variance, which nothing reads, follow the data).
+variance, which nothing reads, follow the data). A tag still in warm-up that has no usable sample in
+the batch does not keep its tile out of the steady loop (`_idle_while_warm`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,28 @@ from numba import njit
 TILE = 256  # tags per tile: ~15 KB of parameters and state, well inside a 32 KB L1 data cache
 
 F32 = np.float32
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _idle_while_warm(
+    values: np.ndarray, quality: np.ndarray, on: np.ndarray, alpha: np.ndarray, warmup: np.ndarray,
+    count: np.ndarray, j0: int, w: int,
+) -> bool:
+    """Whether every tag of the tile still in warm-up has no usable sample in this batch.
+
+    Such a tag does nothing the steady loop would do differently (an unusable sample is neither
+    judged nor flagged WARMUP, and leaves mean, variance and count as they were), so the tile may
+    still take the steady loop. Without this, one dead sensor (bad quality for good) would keep its
+    tile of 256 tags in the warm-up loop for ever, at half the speed. Scalar, but it only looks at
+    the tags in warm-up, and stops at the first usable sample.
+    """
+    for jj in range(w):
+        j = j0 + jj
+        if on[j] != 0 and (count[j] < warmup[j] or 1.0 / (count[j] + 1) > alpha[j]):
+            for i in range(values.shape[0]):
+                if (quality[i, j] & 0x80) == 0 and np.isfinite(values[i, j]):
+                    return False
+    return True
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -58,10 +81,18 @@ def ewma_zscore_kernel(
         steady = True
         for jj in range(w):
             j = j0 + jj
-            if on[j] != 0 and (count[j] < warmup[j] or 1.0 / (count[j] + 1) > alpha[j]):
-                steady = False
-            thr2[jj] = threshold[j] * threshold[j] if on[j] != 0 else np.nan
-            floor2[jj] = min_sigma[j] * min_sigma[j] if on[j] != 0 else np.nan
+            # Branch-free and every load unconditional (no `and`/`or` short cuts): the form that
+            # vectorises without masked loads, which AVX2 runs slowly.
+            c = count[j]
+            a = alpha[j]
+            o = on[j] != 0
+            th = threshold[j]
+            ms = min_sigma[j]
+            steady &= ~(o & ((c < warmup[j]) | (1.0 / (c + 1) > a)))
+            thr2[jj] = th * th if o else np.nan
+            floor2[jj] = ms * ms if o else np.nan
+        if not steady:
+            steady = _idle_while_warm(values, quality, on, alpha, warmup, count, j0, w)
         for i in range(n):
             # Row views and a tile index from 0: the form LLVM vectorises (a loop from j0 to j1 over
             # the 2-D arrays is left scalar). Branch-free bodies (selects, not ifs) for the same reason.
@@ -100,7 +131,9 @@ def ewma_zscore_kernel(
                 c = count[j]
                 m = mean[j]
                 s2 = var[j]
-                d = v - m
+                # d = 0 for an unusable sample, as in the steady loop: the mean then needs no select
+                # and alpha is loaded unconditionally (under a select LLVM made it a masked load).
+                d = (v if use else m) - m
                 judged = use & (c >= warmup[j])
                 f2 = floor2[jj]
                 s2f = s2 if s2 > f2 else f2
@@ -108,9 +141,10 @@ def ewma_zscore_kernel(
                 fi[j] |= np.uint32(fire) * bit | np.uint32(use & ~judged) * warm_bit
                 fired += fire
                 inv = 1.0 / (c + 1)
-                a = alpha[j] if alpha[j] > inv else inv
+                al = alpha[j]
+                a = al if al > inv else inv
                 incr = a * d
-                mean[j] = m + incr if use else m
+                mean[j] = m + incr
                 var[j] = (1.0 - a) * (s2 + d * incr) if use else s2
                 count[j] = c + use
                 num = F32(abs(d) if judged else np.nan)
