@@ -10,6 +10,12 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import numpy.ma
+import pytest
+from numba.core import errors
+from numba.core.typing.typeof import Purpose, typeof_impl
+
 from edge_agent.filters.engine import KIND_ORDER, warm_up
 
 START = r"""
@@ -46,6 +52,7 @@ print(json.dumps({
     "hits": sum(sum(k.stats.cache_hits.values()) for k in kernels),
     "misses": sum(sum(k.stats.cache_misses.values()) for k in kernels),
     "registries": "numba.core.typing.cffi_utils" in sys.modules,
+    "numpy_ma": "numpy.ma" in sys.modules,
 }))
 """
 
@@ -65,6 +72,7 @@ def test_short_cache_load_gives_numbas_results_without_its_registry_set_up():
     for doc in (short, full):
         assert doc["misses"] == 0 and doc["hits"] >= len(KIND_ORDER)  # loaded, not compiled
     assert not short["registries"] and full["registries"]
+    assert not short["numpy_ma"] and full["numpy_ma"]  # typing the arguments did not import numpy.ma
 
 
 def test_warm_up_loads_only_the_kinds_asked_for():
@@ -78,3 +86,29 @@ def test_warm_up_loads_only_the_kinds_asked_for():
     )], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip().splitlines()[-1] == "['ewma_zscore_kernel', 'severity_limits_kernel']"
+
+
+def _arrays() -> list[np.ndarray]:
+    base = np.arange(48, dtype=np.float64).reshape(6, 8)
+    readonly = base.copy()
+    readonly.flags.writeable = False
+    record = np.zeros(3, dtype=[("a", np.int32), ("b", np.float64)])
+    out = [base, base.T, base[::2], base[:, 1], base[1], np.ones(()), readonly, record,
+           np.zeros((0, 4)), np.zeros((2, 3, 4), order="F")]
+    for dt in (np.uint8, np.uint32, np.int64, np.float32, np.bool_, np.complex128, "M8[ns]", "m8[s]", "U3", "S2",
+               object):
+        out.append(np.zeros((3, 2), dtype=dt))
+    return out
+
+
+def test_ndarray_typing_shortcut_types_every_array_as_numba_does():
+    ours = typeof_impl.registry[np.ndarray]
+    full = getattr(ours, "__wrapped__", None)
+    assert full is not None, "the typing shortcut is not installed (numba changed its _typeof_ndarray?)"
+    for a in _arrays():
+        assert ours(a, Purpose.argument) == full(a, Purpose.argument), (a.dtype, a.shape, a.strides)
+    # What numba refuses it still refuses, with its own errors.
+    masked = numpy.ma.masked_array([1.0, 2.0], mask=[False, True])
+    for bad, error in ((masked, errors.NumbaTypeError), (np.zeros(2, dtype=[("a", object)]), errors.NumbaValueError)):
+        with pytest.raises(error):
+            ours(bad, Purpose.argument)

@@ -8,6 +8,13 @@ which the kernels' array allocations use). So a load initialises the NRT and loa
 cached, a stale or foreign cache) returns None and numba compiles as usual, and its compiler
 refreshes both contexts itself before compiling. If the short path fails in any way, numba's own path
 runs. `EDGE_AGENT_NUMBA_FULL_LOAD=1` keeps numba's own path (tests compare the two bit for bit).
+
+The first call of each kernel types its arguments in Python, and numba's typing of an ndarray begins
+with `isinstance(val, np.ma.MaskedArray)`, whose `np.ma` imports numpy.ma: 10-20 ms of a start
+that never sees a masked array. An argument whose type is exactly np.ndarray is no MaskedArray (that
+is a subclass), so such arguments are typed without the check, with numba's own functions; every
+other value, and any dtype numba refuses, goes through numba's function. Installed only where that
+function is the one this was written against (the names it uses), and off with the short load.
 """
 
 from __future__ import annotations
@@ -16,6 +23,12 @@ import os
 from typing import Any
 
 _MARK = "_edge_agent_short_load"
+# What numba's ndarray typing (numba.core.typing.typeof._typeof_ndarray, 0.60-0.68) refers to: a
+# function that refers to anything else is not the one the shortcut below reproduces.
+_TYPEOF_NDARRAY_NAMES = (
+    "isinstance", "np", "ma", "MaskedArray", "errors", "NumbaTypeError", "numpy_support", "from_dtype", "dtype",
+    "NumbaNotImplementedError", "NumbaValueError", "map_layout", "flags", "writeable", "types", "Array", "ndim",
+)
 
 
 def _install() -> None:
@@ -43,6 +56,34 @@ def _install() -> None:
 
     setattr(load_overload, _MARK, True)
     cls.load_overload = load_overload
+    _install_typeof()
+
+
+def _install_typeof() -> None:
+    try:
+        import numpy as np
+        from numba.core import types
+        from numba.core.typing.typeof import typeof_impl
+        from numba.np import numpy_support
+    except ImportError:
+        return
+    full = typeof_impl.registry.get(np.ndarray)
+    code = getattr(full, "__code__", None)
+    if full is None or getattr(full, _MARK, False) or code is None or code.co_names != _TYPEOF_NDARRAY_NAMES:
+        return
+
+    def typeof_ndarray(val: Any, c: Any) -> Any:
+        if type(val) is not np.ndarray:  # a subclass, a MaskedArray among them: numba's own check
+            return full(val, c)
+        try:
+            dtype = numpy_support.from_dtype(val.dtype)
+        except Exception:  # a dtype numba does not support: its own function raises its own error
+            return full(val, c)
+        return types.Array(dtype, val.ndim, numpy_support.map_layout(val), readonly=not val.flags.writeable)
+
+    setattr(typeof_ndarray, _MARK, True)
+    typeof_ndarray.__wrapped__ = full  # type: ignore[attr-defined]
+    typeof_impl.register(np.ndarray)(typeof_ndarray)
 
 
 _install()
