@@ -20,7 +20,15 @@ EX_CANTCREAT = 73
 log = logging.getLogger("edge_agent")
 
 
+# Before numpy is imported (nothing above imports it): one BLAS thread. numpy's OpenBLAS otherwise
+# starts a thread per core at import, ~50 ms of CPU at every start on a 2-core machine (plus
+# wall time), for matrix sizes (a multivariate model's fit) that one thread handles as fast.
+# An OPENBLAS_NUM_THREADS set by the operator wins.
+BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault(*BLAS_THREADS)
     parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -267,6 +267,9 @@ STARTUP_STEPS = ("interpreter", "import_numpy", "import_numba", "import_engine",
 
 
 def _startup_run(env: dict[str, str]) -> dict[str, Any]:
+    from edge_agent.cli import BLAS_THREADS
+
+    env = {BLAS_THREADS[0]: BLAS_THREADS[1], **env}  # as `edge-agent` itself sets it before importing numpy
     spawned = time.clock_gettime(time.CLOCK_MONOTONIC)
     run = subprocess.run([sys.executable, "-c", _STARTUP, repr(spawned)], env=env, capture_output=True, text=True,
                          check=True)
