@@ -53,6 +53,7 @@ print(json.dumps({
     "misses": sum(sum(k.stats.cache_misses.values()) for k in kernels),
     "registries": "numba.core.typing.cffi_utils" in sys.modules,
     "numpy_ma": "numpy.ma" in sys.modules,
+    "arrayobj": "numba.np.arrayobj" in sys.modules,
 }))
 """
 
@@ -73,6 +74,7 @@ def test_short_cache_load_gives_numbas_results_without_its_registry_set_up():
         assert doc["misses"] == 0 and doc["hits"] >= len(KIND_ORDER)  # loaded, not compiled
     assert not short["registries"] and full["registries"]
     assert not short["numpy_ma"] and full["numpy_ma"]  # typing the arguments did not import numpy.ma
+    assert not short["arrayobj"] and full["arrayobj"]  # nor did the Environments of numba's np.empty
 
 
 def test_warm_up_loads_only_the_kinds_asked_for():
@@ -112,3 +114,48 @@ def test_ndarray_typing_shortcut_types_every_array_as_numba_does():
     for bad, error in ((masked, errors.NumbaTypeError), (np.zeros(2, dtype=[("a", object)]), errors.NumbaValueError)):
         with pytest.raises(error):
             ours(bad, Purpose.argument)
+
+
+ALLOCATES = """
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def ones(n):
+    a = np.empty(n)
+    a[:] = 1.0
+    return a
+"""
+
+LOAD = r"""
+import json, sys
+import edge_agent.filters.kernels  # the short load, as the agent has it
+import allocates
+out = {"sum": float(allocates.ones(3).sum())}
+try:
+    allocates.ones(-1)
+except ValueError as exc:
+    out["error"] = str(exc)
+out["hits"] = sum(allocates.ones.stats.cache_hits.values())
+out["arrayobj"] = "numba.np.arrayobj" in sys.modules
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_code_using_numbas_own_implementations_loads_and_raises_through_the_short_load(tmp_path, full):
+    """A cached function whose np.empty (numba.np.arrayobj) returns an array and raises from inside."""
+    (tmp_path / "allocates.py").write_text(ALLOCATES)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(tmp_path),
+           "EDGE_AGENT_NUMBA_FULL_LOAD": "1" if full else "0"}
+    runs = []
+    for _ in range(2):  # the first compiles into the empty cache, the second loads from it
+        run = subprocess.run([sys.executable, "-c", LOAD], env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        runs.append(json.loads(run.stdout.strip().splitlines()[-1]))
+    compiled, loaded = runs
+    assert compiled["hits"] == 0 and loaded["hits"] == 1
+    for doc in runs:
+        assert doc["sum"] == 3.0 and "negative dimensions" in doc["error"]
+    assert loaded["arrayobj"] == full

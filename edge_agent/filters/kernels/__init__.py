@@ -15,11 +15,24 @@ that never sees a masked array. An argument whose type is exactly np.ndarray is 
 is a subclass), so such arguments are typed without the check, with numba's own functions; every
 other value, and any dtype numba refuses, goes through numba's function. Installed only where that
 function is the one this was written against (the names it uses), and off with the short load.
+
+A kernel's cached code links numba's own implementations (np.empty's lives in numba.np.arrayobj),
+and unpickling it rebuilds each one's Environment, which imports that implementation's module only
+to hand its namespace to the Environment: importing numba.np.arrayobj (and what it imports) costs
+25-45 ms, the largest part of loading every kernel. Code compiled in nopython mode never reads an
+Environment's namespace (only object mode does, which numba's implementations never use); what
+it reads is the Environment's constants, which the cache carries. So, during a short load only, the
+Environment of a numba module not imported yet, with no constants, gets a namespace holding only
+its module's name; anything else (our own modules, an imported module, any constants) is rebuilt
+by numba's function. Also only where that function is the one this was written against.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 _MARK = "_edge_agent_short_load"
@@ -29,6 +42,9 @@ _TYPEOF_NDARRAY_NAMES = (
     "isinstance", "np", "ma", "MaskedArray", "errors", "NumbaTypeError", "numpy_support", "from_dtype", "dtype",
     "NumbaNotImplementedError", "NumbaValueError", "map_layout", "flags", "writeable", "types", "Array", "ndim",
 )
+# The same for numba.core.environment._rebuild_env (0.60-0.68).
+_REBUILD_ENV_NAMES = ("lookup_environment", "importlib", "import_module", "Environment", "__dict__", "consts",
+                      "env_name", "_memo")
 
 
 def _install() -> None:
@@ -48,7 +64,7 @@ def _install() -> None:
     def load_overload(self: Any, sig: Any, target_context: Any) -> Any:
         try:
             rtsys.initialize(target_context)
-            with self._guard_against_spurious_io_errors():
+            with self._guard_against_spurious_io_errors(), _environments_without_imports():
                 return self._load_overload(sig, target_context)
             return None  # the guard swallowed a spurious I/O error: a miss, numba compiles
         except Exception:
@@ -57,6 +73,40 @@ def _install() -> None:
     setattr(load_overload, _MARK, True)
     cls.load_overload = load_overload
     _install_typeof()
+
+
+@contextmanager
+def _environments_without_imports() -> Iterator[None]:
+    """numba's _rebuild_env swapped for the one below while a short load unpickles a kernel.
+
+    Only for that while: numba loads and saves cached code under its compiler lock, held here, so
+    nothing else rebuilds or pickles an Environment meanwhile, and pickling one (saving a freshly
+    compiled kernel) always finds numba's own function under its own name.
+    """
+    from numba.core import environment
+
+    full = environment._rebuild_env
+    code = getattr(full, "__code__", None)
+    if code is None or code.co_names != _REBUILD_ENV_NAMES:
+        yield
+        return
+    env_cls, lookup = environment.Environment, environment.lookup_environment
+
+    def rebuild_env(modname: str, consts: Any, env_name: str) -> Any:
+        if consts or not modname.startswith("numba.") or modname in sys.modules:
+            return full(modname, consts, env_name)
+        env = lookup(env_name)
+        if env is None:
+            env = env_cls({"__name__": modname})
+            env.env_name = env_name
+            env_cls._memo[env_name] = env
+        return env
+
+    environment._rebuild_env = rebuild_env
+    try:
+        yield
+    finally:
+        environment._rebuild_env = full
 
 
 def _install_typeof() -> None:
