@@ -159,3 +159,46 @@ def test_code_using_numbas_own_implementations_loads_and_raises_through_the_shor
     for doc in runs:
         assert doc["sum"] == 3.0 and "negative dimensions" in doc["error"]
     assert loaded["arrayobj"] == full
+
+
+ALLOCATES_TOO = """
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def twos(n):
+    a = np.empty(n)
+    a[:] = 2.0
+    return a
+"""
+
+LOAD_THEN_COMPILE = r"""
+import json, sys
+import edge_agent.filters.kernels
+import allocates
+first = float(allocates.ones(4).sum())  # from the cache, numba.np.arrayobj not imported
+import allocates_too
+second = float(allocates_too.twos(4).sum())  # compiled here (the first time), after that load
+print(json.dumps({"sums": [first, second], "hits": [sum(allocates.ones.stats.cache_hits.values()),
+                  sum(allocates_too.twos.stats.cache_hits.values())]}))
+"""
+
+
+def test_a_kernel_compiled_after_a_short_load_is_cached_and_loads_again(tmp_path):
+    """As a reload that brings a new filter kind does: compile next to short-loaded code, cache it, load it."""
+    (tmp_path / "allocates.py").write_text(ALLOCATES)
+    (tmp_path / "allocates_too.py").write_text(ALLOCATES_TOO)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(tmp_path),
+           "EDGE_AGENT_NUMBA_FULL_LOAD": "0"}
+
+    def start(script: str) -> dict:
+        run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        return json.loads(run.stdout.strip().splitlines()[-1])
+
+    start(LOAD)  # compiles `ones` into the cache
+    mixed = start(LOAD_THEN_COMPILE)
+    assert mixed == {"sums": [4.0, 8.0], "hits": [1, 0]}
+    again = start(LOAD_THEN_COMPILE)
+    assert again == {"sums": [4.0, 8.0], "hits": [1, 1]}
