@@ -63,8 +63,12 @@ def settle_gc() -> None:
     objects) dies by reference counting long before 50,000 allocations; collecting every 700 walked
     it anyway, which was a third of the agent's CPU on a busy OPC UA subscription
     (benchmarks/opcua_bench.py --gc-threshold). Real cycles are still collected, only later.
+
+    Only the young generations are collected before the freeze: a full collection walked all ~90,000
+    start-up objects (numba, pydantic) for the ~20 unreachable ones among them, 40-60 ms before the
+    first poll on a 2-core machine; those few now stay, frozen.
     """
-    gc.collect()
+    gc.collect(1)
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
 

@@ -20,7 +20,15 @@ EX_CANTCREAT = 73
 log = logging.getLogger("edge_agent")
 
 
+# Before numpy is imported (nothing above imports it): one BLAS thread. numpy's OpenBLAS otherwise
+# starts a thread per core at import, ~50 ms of CPU at every start on a 2-core machine (plus
+# wall time), for matrix sizes (a multivariate model's fit) that one thread handles as fast.
+# An OPENBLAS_NUM_THREADS set by the operator wins.
+BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault(*BLAS_THREADS)
     parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,11 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     p_status.add_argument("--url", default="http://127.0.0.1:9108/metrics")
 
     p_bench = sub.add_parser("bench", help="measure the pipeline against JSON, or the filter kernels against NumPy")
-    p_bench.add_argument("what", nargs="?", choices=("pipeline", "filters"), default="pipeline",
-                         help="pipeline (default): CPU and bytes per point; filters: samples/s per kernel")
+    p_bench.add_argument("what", nargs="?", choices=("pipeline", "filters", "startup"), default="pipeline",
+                         help="pipeline (default): CPU and bytes per point; filters: samples/s per kernel; "
+                              "startup: a fresh process to every kernel loaded from NUMBA_CACHE_DIR")
     p_bench.add_argument("--tags", type=int, default=1000, help="pipeline only")
     p_bench.add_argument("--polls", type=int, default=500, help="pipeline only")
-    p_bench.add_argument("--json", action="store_true", help="filters: one JSON document instead of a table")
+    p_bench.add_argument("--json", action="store_true", help="filters, startup: one JSON document instead of a table")
+    p_bench.add_argument("--runs", type=int, default=9, help="startup only: cached starts, the best is reported")
+    p_bench.add_argument("--cold", action="store_true", help="startup only: also report the compiling first start")
 
     p_replay = sub.add_parser("replay", help="run the configured filters over a historian CSV export")
     p_replay.add_argument("-c", "--config", required=True, type=Path)
@@ -81,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         from edge_agent.filters.bench import run_filter_bench
 
         return run_filter_bench(as_json=args.json)
+    if args.command == "bench" and args.what == "startup":
+        from edge_agent.filters.bench import run_startup_bench
+
+        return run_startup_bench(max(1, args.runs), as_json=args.json, cold=args.cold)
     if args.command == "bench":
         from edge_agent.bench import run_bench
 

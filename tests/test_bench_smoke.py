@@ -5,12 +5,14 @@ open62541 load generator (`--server o6`) is the benchmark's own and is not neede
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 
+from edge_agent.filters.engine import KIND_ORDER
 from tests.conftest import ROOT
 
 FIGURES = {
@@ -33,3 +35,19 @@ def test_benchmark_smoke_run(script: str, tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     for figure in FIGURES[script]:
         assert figure in proc.stdout, (figure, proc.stdout)
+
+
+@pytest.mark.slow
+def test_startup_bench_smoke_run(tmp_path) -> None:
+    """`edge-agent bench startup`: a fresh process timed from its spawn, every step and kernel there."""
+    proc = subprocess.run([sys.executable, "-m", "edge_agent.cli", "bench", "startup", "--runs", "2", "--json"],
+                          capture_output=True, text=True, timeout=240, cwd=ROOT, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cached = json.loads(proc.stdout)["startup_s"]["cached"]
+    assert set(cached["steps"]) == {"interpreter", "import_numpy", "import_numba", "import_engine", "warm_up",
+                                    "frame_encoder"}
+    assert set(cached["kernels"]) == set(KIND_ORDER)
+    steps = cached["steps"]
+    # From the spawn: the interpreter's own start is in, and the marks come in the order of the start.
+    assert 0 < steps["interpreter"][0] < cached["first_kernel_ready"] < cached["total"] < cached["with_frame_encoder"]
