@@ -436,13 +436,14 @@ def multivariate_reference(values, quality, idx, m):
 @given(st.integers(0, 2**32 - 1), st.lists(st.tuples(st.integers(2, 7), st.sampled_from([None, 1, 2, 4, 5]),
                                                    st.sampled_from(["fitted", "fitted", "training", "from_row"])),
                                          min_size=1, max_size=5),
-       st.integers(0, 30), st.data())
-def test_multivariate(seed, groups, n, data):
+       st.integers(0, 30), st.booleans(), st.data())
+def test_multivariate(seed, groups, n, consecutive, data):
     """Several groups of different sizes and components in one call, some still training (skipped) and
-    some fitted in the middle of the batch (scored from a row on), on columns in any order."""
+    some fitted in the middle of the batch (scored from a row on), on consecutive columns (read as
+    slices) or on columns in any order (through the index)."""
     rng = np.random.default_rng(seed)
     k = sum(p for p, _, _ in groups) + 2  # two columns no group uses
-    perm = rng.permutation(k)
+    perm = np.arange(1, k + 1) % k if consecutive else rng.permutation(k)
     cols, models, firsts, off = [], [], [], 0
     for p, comps, state in groups:
         cols.append(np.asarray(perm[off:off + p], dtype=np.intp))
@@ -463,15 +464,15 @@ def test_multivariate(seed, groups, n, data):
     for c, (_, mix, centre) in zip(cols, models, strict=True):
         full[:, c] = rng.normal(size=(n, len(c))) @ mix * data.draw(st.sampled_from([1.0, 3.0])) + centre
     quality = np.where(rng.random((n, k)) < 0.05, 0x81, 0).astype(np.uint8)
-    full[rng.random((n, k)) < 0.03] = np.nan
+    odd = rng.random((n, k)) < 0.04
+    full[odd] = rng.choice([np.nan, np.inf, -np.inf], size=int(odd.sum()))  # an Inf would score as an alarm
     fl = np.zeros((n, k), np.uint32)
     sc = np.full((n, k), np.nan, np.float32)
     t2, spe = layout.outputs(n)
     fired = multivariate_kernel(full, quality, layout.idx, layout.col_off, layout.mean, layout.scale,
-                                layout.loadings, layout.loadings_t, layout.eig_off, layout.eigenvalues,
-                                layout.t2_limit, layout.spe_limit, first, U32(F.MULTIVARIATE_T2),
-                                U32(F.MULTIVARIATE_SPE), fl, sc, t2, spe, layout.xs, layout.resid, layout.share,
-                                layout.proj)
+                                layout.loadings, layout.eig_off, layout.eigenvalues, layout.t2_limit,
+                                layout.spe_limit, first, U32(F.MULTIVARIATE_T2), U32(F.MULTIVARIATE_SPE), fl, sc,
+                                t2, spe, layout.xs, layout.resid, layout.share)
     expect_fired = 0
     for pos, (c, (model, _, _)) in enumerate(zip(cols, models, strict=True)):
         p = len(c)

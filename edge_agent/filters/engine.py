@@ -252,9 +252,9 @@ class DeviceFilters:
             return None
         out = np.full((n, kb), np.nan, dtype=np.float32)
         self.fired["multivariate"] += multivariate_kernel(
-            batch.values, batch.quality, idx, mv.col_off, mv.mean, mv.scale, mv.loadings, mv.loadings_t,
-            mv.eig_off, mv.eigenvalues, mv.t2_limit, mv.spe_limit, first, U32(flags.MULTIVARIATE_T2),
-            U32(flags.MULTIVARIATE_SPE), batch.flags, out, t2, spe, mv.xs, mv.resid, mv.share, mv.proj,
+            batch.values, batch.quality, idx, mv.col_off, mv.mean, mv.scale, mv.loadings, mv.eig_off,
+            mv.eigenvalues, mv.t2_limit, mv.spe_limit, first, U32(flags.MULTIVARIATE_T2),
+            U32(flags.MULTIVARIATE_SPE), batch.flags, out, t2, spe, mv.xs, mv.resid, mv.share,
         )
         return out
 

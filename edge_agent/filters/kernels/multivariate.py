@@ -21,28 +21,30 @@ from numba import njit
 @njit(cache=True, nogil=True, error_model="numpy")
 def multivariate_kernel(
     values: np.ndarray, quality: np.ndarray, idx: np.ndarray, col_off: np.ndarray, mean: np.ndarray,
-    scale: np.ndarray, loadings: np.ndarray, loadings_t: np.ndarray, eig_off: np.ndarray, eigenvalues: np.ndarray,
-    t2_limit: np.ndarray, spe_limit: np.ndarray, first: np.ndarray, t2_bit: np.uint32, spe_bit: np.uint32,
-    flags: np.ndarray, scores: np.ndarray, t2_out: np.ndarray, spe_out: np.ndarray, xs: np.ndarray,
-    resid: np.ndarray, share: np.ndarray, proj: np.ndarray,
+    scale: np.ndarray, loadings: np.ndarray, eig_off: np.ndarray, eigenvalues: np.ndarray, t2_limit: np.ndarray,
+    spe_limit: np.ndarray, first: np.ndarray, t2_bit: np.uint32, spe_bit: np.uint32, flags: np.ndarray,
+    scores: np.ndarray, t2_out: np.ndarray, spe_out: np.ndarray, xs: np.ndarray, resid: np.ndarray,
+    share: np.ndarray,
 ) -> int:
     """Scores every group of a device over one batch; returns the number of alarmed (row, group) pairs.
 
     Group g is the batch columns idx[col_off[g]:col_off[g + 1]] (p_g of them), with mean and scale at the
-    same offsets and a_g = eig_off[g + 1] - eig_off[g] components. Its loadings follow the groups' before
-    it twice: (p_g, a_g) in `loadings`, so the projections on all components accumulate side by side
-    (independent sums, not one long chain of dependent additions), and (a_g, p_g) in `loadings_t`, so
-    the residual update runs over contiguous memory and vectorises. Rows from first[g] on are scored:
-    first[g] >= rows skips a group still training, or one whose columns the batch lacks (idx -1).
+    same offsets and a_g = eig_off[g + 1] - eig_off[g] components, whose loadings follow the groups'
+    before it transposed, (a_g, p_g): each component's weights contiguous. Rows from first[g] on are
+    scored: first[g] >= rows skips a group still training, or one whose columns the batch lacks (idx -1).
     Groups outer, rows inner: a group's model stays in L1 for all rows of the batch instead of the whole
     device's models streaming through once per row.
 
     Per tag, scores (NaN-filled by the caller) gets its share of the SPE, e_j^2 / spe_limit (they add up
     to SPE / limit, so the biggest share points at the tag that broke the pattern). t2_out and spe_out
-    (groups, >= rows) get every group's row statistics, NaN where not scored. Every sum runs in the order
-    of the textbook loops (over tags, then components), so the figures are bit for bit those of scoring
-    one group at a time. xs, resid, share (>= max p_g) and proj (>= max a_g) are scratch: nothing is
-    allocated per row.
+    (groups, >= rows) get every group's row statistics, NaN where not scored. xs, resid and share are
+    scratch of at least the largest p_g: nothing is allocated per row.
+
+    Every sum runs in the textbook order (over tags, then over components), so the figures are bit for
+    bit those of scoring one group at a time; within that order: four components' projections are
+    summed side by side (four independent chains, not one long one), each residual takes their four
+    updates in one pass that vectorises over tags, and a group on consecutive columns (the usual case)
+    is read and written as slices, which vectorise too, instead of through idx.
     """
     n = values.shape[0]
     groups = col_off.shape[0] - 1
@@ -60,22 +62,32 @@ def multivariate_kernel(
         gmean = mean[c0:c0 + p]
         gscale = scale[c0:c0 + p]
         gl = loadings[l0:l0 + p * a]
-        glt = loadings_t[l0:l0 + p * a]
         geig = eigenvalues[e0:e0 + a]
         l0 += p * a
         for i in range(min(start, n)):
             t2_out[g, i] = np.nan
             spe_out[g, i] = np.nan
+        j0 = gidx[0]
+        contiguous = True
+        for jj in range(p):
+            contiguous &= gidx[jj] == j0 + jj
         for i in range(start, n):
             vi = values[i]
             qi = quality[i]
             si = scores[i]
             bad = 0
-            for jj in range(p):
-                j = gidx[jj]
-                v = vi[j]
-                bad |= (qi[j] & 0x80) | (not np.isfinite(v))
-                xs[jj] = v
+            if contiguous:
+                gv = vi[j0:j0 + p]
+                gq = qi[j0:j0 + p]
+                for jj in range(p):
+                    bad |= (gq[jj] & 0x80) | (not np.isfinite(gv[jj]))
+            else:
+                for jj in range(p):
+                    j = gidx[jj]
+                    v = vi[j]
+                    bad |= (qi[j] & 0x80) | (not np.isfinite(v))
+                    xs[jj] = v
+                gv = xs
             if bad:
                 t2_out[g, i] = np.nan
                 spe_out[g, i] = np.nan
@@ -83,37 +95,39 @@ def multivariate_kernel(
                     si[gidx[jj]] = np.nan
                 continue
             for jj in range(p):
-                x = (xs[jj] - gmean[jj]) / gscale[jj]
+                x = (gv[jj] - gmean[jj]) / gscale[jj]
                 xs[jj] = x
                 resid[jj] = x
+            t2 = 0.0
             c = 0
-            while c + 4 <= a:  # four components' projections at a time, each summed over tags in order
-                s0 = s1 = s2 = s3 = 0.0
+            while c + 4 <= a:
+                w0 = gl[c * p:(c + 1) * p]
+                w1 = gl[(c + 1) * p:(c + 2) * p]
+                w2 = gl[(c + 2) * p:(c + 3) * p]
+                w3 = gl[(c + 3) * p:(c + 4) * p]
+                u0 = u1 = u2 = u3 = 0.0
                 for jj in range(p):
                     x = xs[jj]
-                    w = jj * a + c
-                    s0 += gl[w] * x
-                    s1 += gl[w + 1] * x
-                    s2 += gl[w + 2] * x
-                    s3 += gl[w + 3] * x
-                proj[c] = s0
-                proj[c + 1] = s1
-                proj[c + 2] = s2
-                proj[c + 3] = s3
+                    u0 += w0[jj] * x
+                    u1 += w1[jj] * x
+                    u2 += w2[jj] * x
+                    u3 += w3[jj] * x
+                t2 += u0 * u0 / geig[c]
+                t2 += u1 * u1 / geig[c + 1]
+                t2 += u2 * u2 / geig[c + 2]
+                t2 += u3 * u3 / geig[c + 3]
+                for jj in range(p):
+                    resid[jj] = (((resid[jj] - w0[jj] * u0) - w1[jj] * u1) - w2[jj] * u2) - w3[jj] * u3
                 c += 4
             while c < a:
-                s0 = 0.0
+                w0 = gl[c * p:(c + 1) * p]
+                u0 = 0.0
                 for jj in range(p):
-                    s0 += gl[jj * a + c] * xs[jj]
-                proj[c] = s0
+                    u0 += w0[jj] * xs[jj]
+                t2 += u0 * u0 / geig[c]
+                for jj in range(p):
+                    resid[jj] -= w0[jj] * u0
                 c += 1
-            t2 = 0.0
-            for c in range(a):
-                t = proj[c]
-                t2 += t * t / geig[c]
-                w = c * p
-                for jj in range(p):
-                    resid[jj] -= glt[w + jj] * t
             for jj in range(p):  # squares and shares apart from the sum: this loop vectorises
                 e = resid[jj] * resid[jj]
                 resid[jj] = e
@@ -131,10 +145,17 @@ def multivariate_kernel(
             if word:
                 fired += 1
             fi = flags[i]
-            for jj in range(p):
-                j = gidx[jj]
-                fi[j] |= word
-                si[j] = share[jj]
+            if contiguous:
+                gf = fi[j0:j0 + p]
+                gs = si[j0:j0 + p]
+                for jj in range(p):
+                    gf[jj] |= word
+                    gs[jj] = share[jj]
+            else:
+                for jj in range(p):
+                    j = gidx[jj]
+                    fi[j] |= word
+                    si[j] = share[jj]
     return fired
 
 
@@ -225,8 +246,7 @@ class Layout:
         self.idx = np.concatenate(cols).astype(np.intp) if cols else np.empty(0, np.intp)
         self.models: list[dict[str, np.ndarray] | None] = [None] * self.count
         pmax = int(sizes.max()) if self.count else 0
-        # Scratch of the kernel; a model has at most p components (model_problem).
-        self.xs, self.resid, self.share, self.proj = np.empty(pmax), np.empty(pmax), np.empty(pmax), np.empty(pmax)
+        self.xs, self.resid, self.share = np.empty(pmax), np.empty(pmax), np.empty(pmax)  # the kernel's scratch
         self.t2 = np.empty((self.count, 0))
         self.spe = np.empty((self.count, 0))
         self.rows = 0
@@ -249,7 +269,7 @@ class Layout:
         """Lay the models out again (after set_model): once per model that arrives, never per batch."""
         if not self.stale:
             return
-        mean, scale, loadings, loadings_t, eig, a = [], [], [], [], [], []
+        mean, scale, loadings, eig, a = [], [], [], [], []
         t2_limit, spe_limit = np.full(self.count, np.nan), np.full(self.count, np.nan)
         for pos, m in enumerate(self.models):
             p = self.size(pos)
@@ -261,14 +281,12 @@ class Layout:
             f64 = {key: np.asarray(m[key], dtype=np.float64) for key in MODEL_KEYS}
             mean.append(f64["mean"].ravel())
             scale.append(f64["scale"].ravel())
-            loadings.append(f64["loadings"].ravel())
-            loadings_t.append(f64["loadings"].T.ravel())
+            loadings.append(f64["loadings"].T.ravel())  # (a, p): a component's weights contiguous
             eig.append(f64["eigenvalues"].ravel())
             a.append(eig[-1].size)
             t2_limit[pos], spe_limit[pos] = float(f64["t2_limit"]), float(f64["spe_limit"])
         cat = lambda parts: np.ascontiguousarray(np.concatenate(parts)) if parts else np.empty(0)  # noqa: E731
-        self.mean, self.scale, self.eigenvalues = cat(mean), cat(scale), cat(eig)
-        self.loadings, self.loadings_t = cat(loadings), cat(loadings_t)
+        self.mean, self.scale, self.loadings, self.eigenvalues = cat(mean), cat(scale), cat(loadings), cat(eig)
         self.eig_off = np.concatenate([[0], np.cumsum(a)]).astype(np.int64)
         self.t2_limit, self.spe_limit = t2_limit, spe_limit
         fitted = np.asarray([m is not None for m in self.models], dtype=bool)
