@@ -4,7 +4,8 @@ moved together during training.
 Hotelling T² measures how far a sample is inside the model (an unusual combination of normal
 movements); Q / SPE measures how far it is off the model (a correlation that broke, e.g. a flow that
 no longer follows its setpoint). Both limits come from the training data only. The model is fitted
-once, in Python (`fit_model`), from the first complete rows; this kernel scores every later row.
+once, in Python (`fit_model`), from the first complete rows; the kernel scores every later row, of
+all of a device's groups in one call over the flat `Layout` of their models.
 A row where any tag of the group is unusable is not scored: one dead sensor must not read as a broken
 correlation (its quality already says what happened).
 """
@@ -284,7 +285,7 @@ class Layout:
             loadings.append(f64["loadings"].T.ravel())  # (a, p): a component's weights contiguous
             eig.append(f64["eigenvalues"].ravel())
             a.append(eig[-1].size)
-            t2_limit[pos], spe_limit[pos] = float(f64["t2_limit"]), float(f64["spe_limit"])
+            t2_limit[pos], spe_limit[pos] = f64["t2_limit"].ravel()[0], f64["spe_limit"].ravel()[0]
         cat = lambda parts: np.ascontiguousarray(np.concatenate(parts)) if parts else np.empty(0)  # noqa: E731
         self.mean, self.scale, self.loadings, self.eigenvalues = cat(mean), cat(scale), cat(loadings), cat(eig)
         self.eig_off = np.concatenate([[0], np.cumsum(a)]).astype(np.int64)
