@@ -286,3 +286,92 @@ def test_baseline_file_must_match_the_group(tmp_path):
     dev = DeviceBase(name="d", protocol="x", tags=[TagBase(name="a", filters=["m"]), TagBase(name="b", filters=["m"])])
     with pytest.raises(ValueError, match=r"trained on tags \['x', 'y'\], the filter has \['a', 'b'\]"):
         DeviceFilters(dev, {"m": spec})
+
+
+def _mv_device(groups: dict[str, list[int]], k: int) -> DeviceBase:
+    names = {j: name for name, cols in groups.items() for j in cols}
+    return DeviceBase(name="d", protocol="x", tags=[TagBase(name=f"t{j}", filters=[names[j]] if j in names else [])
+                                                   for j in range(k)])
+
+
+def test_all_groups_in_one_call_score_as_each_group_alone():
+    """Groups of different sizes, components and training lengths on one device, interleaved columns,
+    batches of every size, some holding only some tags: each group's flags, shares and statistics
+    are exactly those of a device that has that group only, while others still train or lack tags."""
+    specs = {"a": MultivariateFilter(kind="multivariate", training=20, components=1),
+             "b": MultivariateFilter(kind="multivariate", training=45),
+             "c": MultivariateFilter(kind="multivariate", training=70, components=3)}
+    groups = {"a": [0, 5], "b": [1, 2, 3, 4, 9], "c": [6, 7, 8, 10]}
+    k = 12
+    together = DeviceFilters(_mv_device(groups, k), specs)
+    alone = {name: DeviceFilters(_mv_device({name: cols}, k), {name: specs[name]}) for name, cols in groups.items()}
+    rng = np.random.default_rng(11)
+    mix = rng.normal(size=(k, k))
+    t = 0
+    for call in range(30):
+        n = int(rng.integers(0, 9))
+        x = rng.normal(size=(n, k)) @ mix * (4.0 if call > 24 else 1.0)
+        x[rng.random((n, k)) < 0.03] = np.nan
+        cols = np.sort(rng.permutation(k)[:int(rng.integers(3, k))]) if call % 4 == 3 else None
+        runs = {}
+        for key, engine in [("together", together), *alone.items()]:
+            b = batch_of(x if cols is None else x[:, cols], t, cols)
+            runs[key] = (b, engine.process(b).get("multivariate"))
+        t += n
+        b_all, s_all = runs["together"]
+        for pos, (name, members) in enumerate(groups.items()):
+            b_one, s_one = runs[name]
+            g_all, g_one = together.groups[pos], alone[name].groups[0]
+            assert g_all.name == name
+            np.testing.assert_array_equal(g_all.last_t2, g_one.last_t2)
+            np.testing.assert_array_equal(g_all.last_spe, g_one.last_spe)
+            where = members if cols is None else [int(np.flatnonzero(cols == j)[0]) for j in members if j in cols]
+            np.testing.assert_array_equal(b_all.flags[:, where], b_one.flags[:, where])
+            if len(where) == len(members):  # a training row is never scored, even in the batch that fits
+                assert np.isnan(g_all.last_t2[(b_all.flags[:, where[0]] & F.WARMUP) != 0]).all()
+            if s_one is not None:
+                np.testing.assert_array_equal(s_all[:, where], s_one[:, where])
+    assert all(g.model is not None for g in together.groups)
+    assert together.fired["multivariate"] == sum(e.fired["multivariate"] for e in alone.values()) > 0
+
+
+def test_a_snapshot_model_that_does_not_fit_its_group_is_turned_away():
+    specs = {"m": MultivariateFilter(kind="multivariate", training=20)}
+    dev = _mv_device({"m": [0, 1, 2]}, 3)
+    first = DeviceFilters(dev, specs)
+    rng = np.random.default_rng(4)
+    first.process(batch_of(rng.normal(size=(30, 3)) @ rng.normal(size=(3, 3))))
+    saved = first.snapshot()
+    assert DeviceFilters(dev, specs).restore(saved) == ["multivariate:m"]
+    saved["mv/m/model/loadings"] = np.ones((2, 1))  # would be read past its end
+    again = DeviceFilters(dev, specs)
+    assert again.restore(saved) == [] and again.groups[0].model is None
+
+
+def test_bench_numpy_multivariate_does_the_engines_work():
+    """`edge-agent bench filters` compares the kernel with a NumPy version: it must do the same work
+    (each group's own model, usable rows, both flags, the per-tag shares), or the ratio means nothing."""
+    from edge_agent.filters import bench
+
+    names = [f"m{g}" for g in range(4)]
+    per = bench.MULTIVARIATE_TAGS
+    dev = DeviceBase(name="b", protocol="x", tags=[TagBase(name=f"t{j}", filters=[names[j // per]])
+                                                  for j in range(len(names) * per)])
+    engine = DeviceFilters(dev, {n: bench.SPECS["multivariate"] for n in names})
+    rng = np.random.default_rng(0)
+    engine.process(bench._batch(300, len(dev.tags), rng))
+    b = bench._batch(20, len(dev.tags), rng, 300 * SEC)
+    b.values[:10] *= 3.0
+    b.values[2, 5] = np.nan
+    b.quality[4, 40] = 0x81
+    nb = Batch.empty("b", b.rows, len(dev.tags))
+    nb.values[:], nb.quality[:] = b.values, b.quality
+    shares = engine.process(b)["multivariate"]
+    state = bench._np_state("multivariate", len(dev.tags), engine)
+    bench._np_multivariate(nb, state)
+    t2, spe, np_shares = state["out"]
+    assert (b.flags & (F.MULTIVARIATE_T2 | F.MULTIVARIATE_SPE)).any()
+    np.testing.assert_array_equal(nb.flags, b.flags)
+    np.testing.assert_allclose(np_shares, shares, rtol=1e-5)
+    np.testing.assert_allclose(t2.T, np.stack([g.last_t2 for g in engine.groups]), rtol=1e-9)
+    np.testing.assert_allclose(spe.T, np.stack([g.last_spe for g in engine.groups]), rtol=1e-9)

@@ -20,7 +20,7 @@ from edge_agent.filters.kernels.ewma_zscore import ewma_zscore_kernel
 from edge_agent.filters.kernels.flatline import flatline_kernel
 from edge_agent.filters.kernels.hampel import MAD_TO_SIGMA, hampel_kernel
 from edge_agent.filters.kernels.limits import severity_limits_kernel
-from edge_agent.filters.kernels.multivariate import fit_model, multivariate_kernel
+from edge_agent.filters.kernels.multivariate import NEVER, Layout, fit_model, multivariate_kernel
 from edge_agent.filters.kernels.rate_of_change import rate_of_change_kernel
 
 U32 = np.uint32
@@ -476,37 +476,73 @@ def multivariate_reference(values, quality, idx, m):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.integers(2, 6), st.integers(0, 30), st.data())
-def test_multivariate(seed, p, n, data):
+@given(st.integers(0, 2**32 - 1), st.lists(st.tuples(st.integers(2, 7), st.sampled_from([None, 1, 2, 4, 5]),
+                                                   st.sampled_from(["fitted", "fitted", "training", "from_row"])),
+                                         min_size=1, max_size=5),
+       st.integers(0, 30), st.booleans(), st.data())
+def test_multivariate(seed, groups, n, consecutive, data):
+    """Several groups of different sizes and components in one call, some still training (skipped) and
+    some fitted in the middle of the batch (scored from a row on), on consecutive columns (read as
+    slices) or on columns in any order (through the index)."""
     rng = np.random.default_rng(seed)
-    mix = rng.normal(size=(p, p))
-    train = rng.normal(size=(200, p)) @ mix + rng.normal(size=p) * 10
-    model = fit_model(train, None, data.draw(st.sampled_from([0.5, 0.9])), 0.99)
-    k = p + 1
-    idx = np.asarray(rng.permutation(k)[:p], dtype=np.intp)
-    values = rng.normal(size=(n, p)) @ mix * data.draw(st.sampled_from([1.0, 3.0])) + train.mean(axis=0)
-    full = np.zeros((n, k))
-    full[:, idx] = values
-    quality = np.where(rng.random((n, k)) < 0.1, 0x81, 0).astype(np.uint8)
-    full[rng.random((n, k)) < 0.05] = np.nan
+    k = sum(p for p, _, _ in groups) + 2  # two columns no group uses
+    perm = np.arange(1, k + 1) % k if consecutive else rng.permutation(k)
+    cols, models, firsts, off = [], [], [], 0
+    for p, comps, state in groups:
+        cols.append(np.asarray(perm[off:off + p], dtype=np.intp))
+        off += p
+        mix = rng.normal(size=(p, p))
+        train = rng.normal(size=(200, p)) @ mix + rng.normal(size=p) * 10
+        model = fit_model(train, comps, data.draw(st.sampled_from([0.5, 0.9])), 0.99)
+        models.append((model, mix, train.mean(axis=0)))
+        firsts.append({"fitted": 0, "training": NEVER, "from_row": int(rng.integers(0, n + 1))}[state])
+    layout = Layout(cols)
+    for pos, (model, _, _) in enumerate(models):
+        if firsts[pos] != NEVER:
+            layout.set_model(pos, model)
+    layout.refresh()
+    first = layout.first.copy()
+    first[:] = firsts
+    full = rng.normal(size=(n, k))
+    for c, (_, mix, centre) in zip(cols, models, strict=True):
+        full[:, c] = rng.normal(size=(n, len(c))) @ mix * data.draw(st.sampled_from([1.0, 3.0])) + centre
+    quality = np.where(rng.random((n, k)) < 0.05, 0x81, 0).astype(np.uint8)
+    odd = rng.random((n, k)) < 0.04
+    full[odd] = rng.choice([np.nan, np.inf, -np.inf], size=int(odd.sum()))  # an Inf would score as an alarm
     fl = np.zeros((n, k), np.uint32)
-    sc = np.empty((n, k), np.float32)
-    t2, spe = np.empty(n), np.empty(n)
-    multivariate_kernel(full, quality, idx, model["mean"], model["scale"], model["loadings"], model["eigenvalues"],
-                        float(model["t2_limit"]), float(model["spe_limit"]), U32(F.MULTIVARIATE_T2),
-                        U32(F.MULTIVARIATE_SPE), fl, sc, t2, spe)
-    rt2, rspe, ok = multivariate_reference(full, quality, idx, model)
-    np.testing.assert_allclose(t2, rt2, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(spe, rspe, rtol=1e-9, atol=1e-12)
-    for stat, lim, bit in ((rt2, model["t2_limit"], F.MULTIVARIATE_T2), (rspe, model["spe_limit"], F.MULTIVARIATE_SPE)):
-        near = np.abs(stat - lim) <= 1e-9 * max(1.0, float(lim))
-        expect = ok & (stat > lim)
-        got = (fl[:, idx[0]] & bit) != 0
-        assert np.array_equal(got[~near], expect[~near])
-        # every tag of the group carries the row's bits; other columns none
-        assert np.array_equal((fl[:, idx] & bit) != 0, np.repeat(got[:, None], p, axis=1))
-    others = np.setdiff1d(np.arange(k), idx)
-    assert not fl[:, others].any()
+    sc = np.full((n, k), np.nan, np.float32)
+    t2, spe = layout.outputs(n)
+    fired = multivariate_kernel(full, quality, layout.idx, layout.col_off, layout.mean, layout.scale,
+                                layout.loadings, layout.eig_off, layout.eigenvalues, layout.t2_limit,
+                                layout.spe_limit, first, U32(F.MULTIVARIATE_T2), U32(F.MULTIVARIATE_SPE), fl, sc,
+                                t2, spe, layout.xs, layout.resid, layout.share)
+    expect_fired = 0
+    for pos, (c, (model, _, _)) in enumerate(zip(cols, models, strict=True)):
+        p = len(c)
+        rt2, rspe, ok = multivariate_reference(full, quality, c, model)
+        ok &= np.arange(n) >= firsts[pos]
+        rt2[~ok] = np.nan
+        rspe[~ok] = np.nan
+        np.testing.assert_allclose(t2[pos, :n], rt2, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(spe[pos, :n], rspe, rtol=1e-9, atol=1e-12)
+        word = np.zeros(n, np.uint32)
+        for stat, lim, bit in ((rt2, model["t2_limit"], F.MULTIVARIATE_T2),
+                               (rspe, model["spe_limit"], F.MULTIVARIATE_SPE)):
+            near = np.abs(stat - lim) <= 1e-9 * max(1.0, float(lim))
+            got = (fl[:, c[0]] & bit) != 0
+            assert np.array_equal(got[~near], (ok & (stat > lim))[~near])
+            word |= np.where(got, U32(bit), U32(0))
+        # every tag of the group carries the row's bits, and its share of the SPE where scored
+        assert np.array_equal(fl[:, c], np.repeat(word[:, None], p, axis=1))
+        expect_fired += int((word != 0).sum())
+        with np.errstate(invalid="ignore", over="ignore"):
+            xs = (full[:, c] - model["mean"]) / model["scale"]
+            r = xs - (xs @ model["loadings"]) @ model["loadings"].T
+        share = np.where(ok[:, None], r**2 / float(model["spe_limit"]), np.nan).astype(np.float32)
+        np.testing.assert_allclose(sc[:, c], share, rtol=1e-6, atol=1e-12)
+    assert fired == expect_fired
+    others = np.setdiff1d(np.arange(k), np.concatenate(cols))
+    assert not fl[:, others].any() and np.isnan(sc[:, others]).all()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -167,15 +167,24 @@ def _np_hampel(b: Batch, s: dict) -> None:
 
 
 def _np_multivariate(b: Batch, s: dict) -> None:
-    m = s["model"]
-    x = b.values.reshape(b.rows * b.values.shape[1] // MULTIVARIATE_TAGS, MULTIVARIATE_TAGS)
-    xs = (x - m["mean"]) / m["scale"]
-    t = xs @ m["loadings"]
-    t2 = (t**2 / m["eigenvalues"]).sum(axis=1)
-    r = xs - t @ m["loadings"].T
-    spe = (r**2).sum(axis=1)
-    word = (t2 > m["t2_limit"]).astype(np.uint32) << 6 | (spe > m["spe_limit"]).astype(np.uint32) << 7
-    b.flags.reshape(x.shape)[:] |= word[:, None]
+    """The kernel's whole job, each group with its own model (stacked: the bench's groups share a shape):
+    usable rows, T², SPE, both flags and every tag's share of the SPE, NaN where a row is not scored."""
+    mean, scale, load, load_t, eig = s["mean"], s["scale"], s["loadings"], s["loadings_t"], s["eigenvalues"]
+    groups, p = mean.shape
+    x = b.values.reshape(b.rows, groups, p)
+    ok = (((b.quality.reshape(x.shape) & 0x80) == 0) & np.isfinite(x)).all(axis=2)  # (rows, groups)
+    xs = (x.transpose(1, 0, 2) - mean[:, None]) / scale[:, None]  # (groups, rows, p)
+    t = xs @ load  # (groups, rows, a)
+    t2 = (t**2 / eig[:, None]).sum(axis=2).T
+    e2 = (xs - t @ load_t) ** 2
+    spe = e2.sum(axis=2).T
+    t2[~ok] = np.nan
+    spe[~ok] = np.nan
+    word = (t2 > s["t2_limit"]).astype(np.uint32) << 6 | (spe > s["spe_limit"]).astype(np.uint32) << 7
+    b.flags.reshape(x.shape)[:] |= word[:, :, None]
+    scores = (e2 / s["spe_limit"][:, None, None]).transpose(1, 0, 2).astype(np.float32)
+    scores[~ok] = np.nan
+    s["out"] = (t2, spe, scores.reshape(b.values.shape))
 
 
 NUMPY: dict[str, Callable[[Batch, dict], None]] = {
@@ -192,8 +201,18 @@ def _np_state(kind: str, tags: int, engine: DeviceFilters) -> dict:
                                                                  "lo": z.copy()},
         "deadband": {"v": z.copy(), "t": np.zeros(tags, np.int64)}, "flatline": {"ref": z.copy(), "n": z.copy()},
         "hampel": {"hist": np.zeros((32, tags))},
-        "multivariate": {"model": engine.groups[0].model if engine.groups else None},
+        "multivariate": _np_models(engine),
     }[kind]
+
+
+def _np_models(engine: DeviceFilters) -> dict[str, np.ndarray]:
+    models = [g.model for g in engine.groups if g.model is not None]
+    if not models:
+        return {}
+    out = {key: np.stack([np.asarray(m[key], dtype=np.float64) for m in models])
+           for key in ("mean", "scale", "loadings", "eigenvalues", "t2_limit", "spe_limit")}
+    out["loadings_t"] = np.ascontiguousarray(out["loadings"].transpose(0, 2, 1))
+    return out
 
 
 def measure_kernel(kind: str, rows: int, tags: int, rng: np.random.Generator) -> dict[str, float]:

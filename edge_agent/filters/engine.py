@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,7 @@ from edge_agent.filters.kernels.ewma_zscore import ewma_zscore_kernel
 from edge_agent.filters.kernels.flatline import flatline_kernel
 from edge_agent.filters.kernels.hampel import hampel_kernel
 from edge_agent.filters.kernels.limits import severity_limits_kernel
-from edge_agent.filters.kernels.multivariate import fit_model, multivariate_kernel
+from edge_agent.filters.kernels.multivariate import NEVER, Layout, fit_model, model_problem, multivariate_kernel
 from edge_agent.filters.kernels.rate_of_change import rate_of_change_kernel
 from edge_agent.samples import Batch
 
@@ -71,17 +71,37 @@ class Slot:
 
 @dataclass
 class Group:
-    """A multivariate filter on one device: the tags it scores as one vector, and its model."""
+    """A multivariate filter on one device: the tags it scores as one vector, and its model.
+
+    The model and the last batch's row statistics live in the device's Layout (position `pos`), where
+    the kernel scores all groups in one call; setting `model` (fit, snapshot, baseline) lays it out.
+    """
 
     name: str
     spec: MultivariateFilter
     cols: np.ndarray  # device tag indices, in config order
     train: np.ndarray  # (training, p) rows collected so far
+    layout: Layout
+    pos: int
     filled: int = 0
-    model: dict[str, np.ndarray] | None = None
     fingerprint: str = ""
-    last_t2: np.ndarray = field(default_factory=lambda: np.empty(0))
-    last_spe: np.ndarray = field(default_factory=lambda: np.empty(0))
+
+    @property
+    def model(self) -> dict[str, np.ndarray] | None:
+        return self.layout.models[self.pos]
+
+    @model.setter
+    def model(self, model: dict[str, np.ndarray] | None) -> None:
+        self.layout.set_model(self.pos, model)
+
+    @property
+    def last_t2(self) -> np.ndarray:
+        """Hotelling T² per row of the last batch (NaN: not scored); valid until the next batch."""
+        return self.layout.t2[self.pos, :self.layout.rows]
+
+    @property
+    def last_spe(self) -> np.ndarray:
+        return self.layout.spe[self.pos, :self.layout.rows]
 
 
 def _on(mask: list[bool]) -> np.ndarray:
@@ -136,10 +156,11 @@ class DeviceFilters:
                 self.slots.append(slot)
         for slot in self.slots:
             slot.fingerprint = _fingerprint(self.tags, [self.assigned[slot.kind][j] for j in range(k)])
+        self.mv = Layout([np.asarray(cols, dtype=np.intp) for cols in groups.values()])
         self.groups = [
             Group(name, specs[name], np.asarray(cols, dtype=np.intp),  # type: ignore[arg-type]
-                  np.empty((specs[name].training, len(cols))))  # type: ignore[union-attr]
-            for name, cols in groups.items()
+                  np.empty((specs[name].training, len(cols))), self.mv, pos)  # type: ignore[union-attr]
+            for pos, (name, cols) in enumerate(groups.items())
         ]
         for g in self.groups:
             g.fingerprint = _fingerprint(tuple(self.tags[j] for j in g.cols), [(g.name, g.spec)] * len(g.cols))
@@ -196,35 +217,45 @@ class DeviceFilters:
         return scores
 
     def _multivariate(self, batch: Batch) -> np.ndarray | None:
+        """All groups in one kernel call; Python per group only for those still training."""
+        mv = self.mv
         cols = batch.columns
         n, kb = batch.values.shape
-        out: np.ndarray | None = None
-        for g in self.groups:
-            if cols is None:
-                idx = g.cols
-            else:
-                where = {int(c): p for p, c in enumerate(cols)}
-                if not all(int(c) in where for c in g.cols):
-                    g.last_t2 = g.last_spe = np.full(n, np.nan)
-                    continue  # a subset batch without the whole vector: nothing to score
-                idx = np.asarray([where[int(c)] for c in g.cols], dtype=np.intp)
-            start = 0
-            if g.model is None:
-                start = self._train(g, batch, idx)
-                if g.model is None:
-                    g.last_t2 = g.last_spe = np.full(n, np.nan)
-                    continue
-            if out is None:
-                out = np.full((n, kb), np.nan, dtype=np.float32)
-            t2 = np.full(n, np.nan)
-            spe = np.full(n, np.nan)
-            m = g.model
-            self.fired["multivariate"] += multivariate_kernel(
-                batch.values[start:], batch.quality[start:], idx, m["mean"], m["scale"], m["loadings"],
-                m["eigenvalues"], float(m["t2_limit"]), float(m["spe_limit"]), U32(flags.MULTIVARIATE_T2),
-                U32(flags.MULTIVARIATE_SPE), batch.flags[start:], out[start:], t2[start:], spe[start:],
-            )
-            g.last_t2, g.last_spe = t2, spe
+        if cols is None:
+            idx, complete = mv.idx, None
+        else:  # batch positions of the groups' tags, -1 where the batch lacks one
+            where = np.full(len(self.tags), -1, dtype=np.intp)
+            where[cols] = np.arange(kb)
+            idx = where[mv.idx]
+            complete = np.minimum.reduceat(idx, mv.col_off[:-1]) >= 0
+        mv.refresh()  # a model restored or loaded since the last batch
+        fitted: dict[int, int] = {}
+        for pos in mv.training:
+            if complete is not None and not complete[pos]:
+                continue  # a subset batch without the whole vector: nothing to train on
+            g = self.groups[pos]
+            start = self._train(g, batch, idx[mv.col_off[pos]:mv.col_off[pos + 1]])
+            if g.model is not None:  # fitted in this batch: score the rows after the last training row
+                fitted[pos] = start
+        first = mv.first
+        if fitted:
+            mv.refresh()
+            first = mv.first.copy()
+            for pos, start in fitted.items():
+                first[pos] = start
+        if complete is not None:
+            first = np.where(complete, first, NEVER)
+        t2, spe = mv.outputs(n)
+        if not (first < NEVER).any():
+            t2[:, :n] = np.nan
+            spe[:, :n] = np.nan
+            return None
+        out = np.full((n, kb), np.nan, dtype=np.float32)
+        self.fired["multivariate"] += multivariate_kernel(
+            batch.values, batch.quality, idx, mv.col_off, mv.mean, mv.scale, mv.loadings, mv.eig_off,
+            mv.eigenvalues, mv.t2_limit, mv.spe_limit, first, U32(flags.MULTIVARIATE_T2),
+            U32(flags.MULTIVARIATE_SPE), batch.flags, out, t2, spe, mv.xs, mv.resid, mv.share,
+        )
         return out
 
     def _train(self, g: Group, batch: Batch, idx: np.ndarray) -> int:
@@ -290,11 +321,13 @@ class DeviceFilters:
             train = saved.get(f"mv/{g.name}/train")
             if train is None or train.shape != (filled, len(g.cols)) or filled > g.train.shape[0]:
                 continue
-            g.train[:filled] = train
-            g.filled = filled
             prefix = f"mv/{g.name}/model/"
             model = {key[len(prefix):]: a for key, a in saved.items() if key.startswith(prefix)}
-            g.model = model or None
+            if model and model_problem(model, len(g.cols)) is not None:
+                continue  # a model the kernel cannot score this group with: learn afresh
+            g.train[:filled] = train
+            g.filled = filled
+            g.model = model or None  # enters the layout before the next batch
             restored.append(f"multivariate:{g.name}")
         return restored
 
@@ -319,6 +352,9 @@ def load_baseline(path: Any, tags: list[str]) -> dict[str, np.ndarray]:
     stored = [str(t) for t in data.pop("tags")]
     if stored != tags:
         raise ValueError(f"baseline {path} was trained on tags {stored}, the filter has {tags}")
+    problem = model_problem(data, len(tags))
+    if problem is not None:
+        raise ValueError(f"baseline {path} {problem}")
     return data
 
 
