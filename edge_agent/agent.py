@@ -20,6 +20,7 @@ from drivers.api import Driver
 from drivers.registry import plugins
 from edge_agent import __version__
 from edge_agent.batcher import Batcher
+from edge_agent.batcher import warm_up as batcher_warm_up
 from edge_agent.config.loader import Config
 from edge_agent.config.models import DeviceBase
 from edge_agent.filters.engine import DeviceFilters, kinds_in_use, warm_up
@@ -211,6 +212,7 @@ class Agent:
         """
         await asyncio.to_thread(warm_up, kinds_in_use(self.cfg.devices, self.cfg.filters))
         await asyncio.to_thread(fastpack.warm_up)
+        await asyncio.to_thread(batcher_warm_up)
         settle_gc()
         await self.spool.open()
         last = await self.spool.last_seq()
