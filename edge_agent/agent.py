@@ -2,7 +2,7 @@
 
 The driver tasks call the sink inline (numba and numpy only, no I/O); closed batches go through a
 queue to the spool writer, which encodes and commits them on the spool's own thread; the uplink
-reads only from the spool. So a slow disk or a dead broker never stalls a poll loop, and every
+publishes only what the spool committed. So a slow disk or a dead broker never stalls a poll loop, and every
 sample that reached the batcher is either in the spool or in a batch that shutdown flushes into it.
 """
 
