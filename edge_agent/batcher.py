@@ -212,7 +212,8 @@ def split_by_timestamps(
         cols = groups[0]
         return [_block(device, tags, types, batch, cols, np.ascontiguousarray(batch.ts[:, 0]), layout)]
     if (batch.values.shape[0] == 1 and layout is not None and not batch.scores and batch.status is None
-            and not batch.text and all(type(g) is slice for g in groups)):
+            and not batch.text and batch.values.flags.c_contiguous and batch.quality.flags.c_contiguous
+            and batch.flags.flags.c_contiguous and all(type(g) is slice for g in groups)):
         return _one_row_runs(device, batch, groups, layout)
     ts_t = np.ascontiguousarray(batch.ts.T)
     return [_block(device, tags, types, batch, cols, ts_t[cols.start if isinstance(cols, slice) else cols[0]], layout)
