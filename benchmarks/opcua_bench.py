@@ -39,6 +39,7 @@ from drivers.opcua.config import OpcUaDevice  # noqa: E402
 from drivers.opcua.driver import OpcUaDriver  # noqa: E402
 from edge_agent.agent import GC_GEN0_THRESHOLD  # noqa: E402
 from edge_agent.batcher import Batcher  # noqa: E402
+from edge_agent.batcher import warm_up as batcher_warm_up  # noqa: E402
 from edge_agent.config.models import EwmaZscoreFilter  # noqa: E402
 from edge_agent.filters.engine import DeviceFilters  # noqa: E402
 from edge_agent.frame import fastpack  # noqa: E402
@@ -147,6 +148,7 @@ async def measure_driver(shards: list[Shard], mode: str, seconds: float,
                          batch_points: int = 10_000, driver_only: bool = False,
                          score: bool = False) -> dict[str, float]:
     fastpack.warm_up()
+    batcher_warm_up()
     specs = {"z": EwmaZscoreFilter(kind="ewma_zscore")} if score else {}
     devs = []
     for d, sh in enumerate(shards):

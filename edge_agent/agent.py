@@ -2,7 +2,7 @@
 
 The driver tasks call the sink inline (numba and numpy only, no I/O); closed batches go through a
 queue to the spool writer, which encodes and commits them on the spool's own thread; the uplink
-reads only from the spool. So a slow disk or a dead broker never stalls a poll loop, and every
+publishes only what the spool committed. So a slow disk or a dead broker never stalls a poll loop, and every
 sample that reached the batcher is either in the spool or in a batch that shutdown flushes into it.
 """
 
@@ -20,6 +20,7 @@ from drivers.api import Driver
 from drivers.registry import plugins
 from edge_agent import __version__
 from edge_agent.batcher import Batcher
+from edge_agent.batcher import warm_up as batcher_warm_up
 from edge_agent.config.loader import Config
 from edge_agent.config.models import DeviceBase
 from edge_agent.filters.engine import DeviceFilters, kinds_in_use, warm_up
@@ -123,8 +124,15 @@ class Agent:
         return build_meta(cfg, self.boot.hex(), __version__)
 
     def _on_poll(self, batch: Batch) -> None:
-        batches, blocks, events = self._stage(batch.device).run(batch)
+        stage = self._stages.get(batch.device)
+        if stage is None or stage.engine is not self.filters[batch.device]:
+            stage = self._stage(batch.device)
         self.counters.points_in += batch.points
+        if stage.passthrough:  # what run() would do for a device without filters, events or reporting
+            batch.scores = None
+            self.batcher.add(batch)
+            return
+        batches, blocks, events = stage.run(batch)
         for part in batches:
             self.batcher.add(part)
         if blocks:
@@ -208,6 +216,7 @@ class Agent:
         """
         await asyncio.to_thread(warm_up, kinds_in_use(self.cfg.devices, self.cfg.filters))
         await asyncio.to_thread(fastpack.warm_up)
+        await asyncio.to_thread(batcher_warm_up)
         settle_gc()
         await self.spool.open()
         last = await self.spool.last_seq()

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.batcher import Batcher
+from edge_agent.batcher import warm_up as batcher_warm_up
 from edge_agent.config.models import DeviceBase, LimitsFilter, TagBase
 from edge_agent.filters.engine import DeviceFilters, warm_up
 from edge_agent.frame.fastpack import encode_frame
@@ -114,6 +115,7 @@ def _json_baseline(rows: list[Batch]) -> int:
 def run_bench(tags: int = 1000, polls: int = 500, max_points: int = 50_000) -> BenchResult:
     warm_up()
     fastpack_warm_up()
+    batcher_warm_up()
     rows = synthetic_polls(tags, polls, 100_000_000)
     baseline_rows = synthetic_polls(tags, polls, 100_000_000)
     with tempfile.TemporaryDirectory() as tmp:

@@ -64,3 +64,20 @@ async def test_batches_of_a_subset_of_tags_become_their_own_blocks():
     blocks = [(b.tags, b.types, b.ts.tolist(), b.values[:, -1].tolist()) for b in closed[0]]
     assert blocks == [(("x", "y", "z"), ("float32", "int16", "bool"), [1], [3.0]),
                       (("z",), ("bool",), [5, 7], [1.0, 0.0])]
+
+
+async def test_blocks_reuse_one_tags_tuple_per_layout_across_closes_and_devices():
+    # The frame encoder caches packed tag headers by the identity of these tuples (fastpack._Heads).
+    devices = [("p", ("x", "y", "z"), ("float32",) * 3), ("q", ("x", "y", "z"), ("float32",) * 3)]
+    closed: list[list[Block]] = []
+    batcher = Batcher(devices, max_points=1000, max_interval_ns=60_000_000_000, on_close=closed.append)
+    for t in (1, 2):
+        batcher.add(row("p", 3, t, [t, t, t + 1]))
+        batcher.add(row("q", 3, t, [t, t, t + 1]))
+        batcher.close()
+    first, second = ([(b.device, b.tags, b.types) for b in blocks] for blocks in closed)
+    assert [(d, tags) for d, tags, _ in first] == [("p", ("x", "y")), ("p", ("z",)), ("q", ("x", "y")), ("q", ("z",))]
+    assert first == second
+    for (_, tags_a, types_a), (_, tags_b, types_b) in zip(first, second, strict=True):
+        assert tags_a is tags_b and types_a is types_b
+    assert first[0][1] is first[2][1]  # device q's ("x", "y") is device p's object

@@ -44,3 +44,29 @@ def test_split_keeps_each_group_with_its_own_columns() -> None:
     np.testing.assert_array_equal(blocks[0].values, [[0, 1, 4], [5, 6, 9]])
     np.testing.assert_array_equal(blocks[1].values, [[2, 3], [7, 8]])
     assert all(b.values.flags.c_contiguous for b in blocks)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 14), st.data())
+def test_the_batchers_layout_path_gives_the_same_blocks(k: int, data: st.DataObject) -> None:
+    # The batcher passes its _Layout: one-row batches then take a views-only path, which must give
+    # exactly the blocks of the general one.
+    from edge_agent.batcher import _Layout
+
+    n = data.draw(st.integers(1, 3))
+    ts = np.array(data.draw(st.lists(st.integers(0, 2), min_size=n * k, max_size=n * k)), dtype=np.int64)
+    batch = Batch.empty("d", n, k)
+    batch.ts[:] = ts.reshape(n, k)
+    batch.values[:] = np.arange(n * k).reshape(n, k)
+    batch.quality[:] = 0
+    tags, types = tuple(f"t{j}" for j in range(k)), ("float32",) * k
+    want = split_by_timestamps("d", tags, types, batch)
+    got = split_by_timestamps("d", tags, types, batch, _Layout(tags, types, {}))
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert (a.device, a.tags, a.types, a.scores, a.status, a.text) == (b.device, b.tags, b.types, b.scores,
+                                                                           b.status, b.text)
+        for name in ("ts", "values", "quality", "flags"):
+            x, y = getattr(a, name), getattr(b, name)
+            assert x.dtype == y.dtype and x.shape == y.shape and x.flags.c_contiguous
+            np.testing.assert_array_equal(x, y)

@@ -47,3 +47,25 @@ async def _scenario(path: Path) -> None:
 
 def test_pending_shortcuts_never_hide_stored_frames_or_events(tmp_path: Path) -> None:
     asyncio.run(_scenario(tmp_path / "spool.db"))
+
+
+async def _memory_scenario(path: Path) -> None:
+    spool = AsyncSpool(path, seq_origin=10)
+    await spool.open()
+
+    async def same_as_sqlite(cursors: range) -> None:
+        for cursor in cursors:
+            for limit in (1, 2, 10):
+                got = await spool.pending_with_points(cursor, limit)
+                assert got == spool.spool.pending_with_points(cursor, limit), (cursor, limit)
+
+    old = await spool.append(frames(1, 2))
+    new = await spool.append(frames(3, 4, 5))  # the frames answered from memory from now on
+    await same_as_sqlite(range(old.seqs[0] - 1, new.seqs[-1] + 1))
+    await spool.delete([new.seqs[1]])  # acknowledged: never offered again
+    await same_as_sqlite(range(old.seqs[0] - 1, new.seqs[-1] + 1))
+    await spool.close()
+
+
+def test_frames_answered_from_memory_are_what_the_spool_holds(tmp_path: Path) -> None:
+    asyncio.run(_memory_scenario(tmp_path / "spool.db"))
