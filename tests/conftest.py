@@ -38,11 +38,13 @@ def compiled_kernels() -> None:
     """Every numba kernel compiled once into the shared cache before the first test. Cold, the frame
     encoder alone takes 6-12 s on two busy cores: inside whichever test starts the first agent, that
     would eat its start-up deadline, and which test that is depends on the selection."""
+    from edge_agent.batcher import warm_up as batcher_warm_up
     from edge_agent.filters.engine import warm_up
     from edge_agent.frame import fastpack
 
     warm_up()
     fastpack.warm_up()
+    batcher_warm_up()
 
 
 def free_port() -> int:
