@@ -161,17 +161,7 @@ def test_code_using_numbas_own_implementations_loads_and_raises_through_the_shor
     assert loaded["arrayobj"] == full
 
 
-ALLOCATES_TOO = """
-import numpy as np
-from numba import njit
-
-
-@njit(cache=True)
-def twos(n):
-    a = np.empty(n)
-    a[:] = 2.0
-    return a
-"""
+ALLOCATES_TOO = ALLOCATES.replace("def ones", "def twos").replace("1.0", "2.0")  # a second such module
 
 LOAD_THEN_COMPILE = r"""
 import json, sys
