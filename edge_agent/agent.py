@@ -124,15 +124,8 @@ class Agent:
         return build_meta(cfg, self.boot.hex(), __version__)
 
     def _on_poll(self, batch: Batch) -> None:
-        stage = self._stages.get(batch.device)
-        if stage is None or stage.engine is not self.filters[batch.device]:
-            stage = self._stage(batch.device)
+        batches, blocks, events = self._stage(batch.device).run(batch)
         self.counters.points_in += batch.points
-        if stage.passthrough:  # what run() would do for a device without filters, events or reporting
-            batch.scores = None
-            self.batcher.add(batch)
-            return
-        batches, blocks, events = stage.run(batch)
         for part in batches:
             self.batcher.add(part)
         if blocks:

@@ -22,13 +22,16 @@ class DeviceStage:
         self.events = EventDetector(engine)
         self.reporter = Reporter(device, reporting, types) if any(t.reporting for t in device.tags) else None
         self.last_scores: dict[str, np.ndarray] = {}
-        # No kernel, no event and no reporting rule on any tag: run() would hand the batch on as it
-        # came, minus any scores, so the agent's sink skips it (a big plant polls such devices
+        # No kernel, no event and no reporting rule on any tag: run() hands the batch on as it came,
+        # minus any scores, without asking the engine and the detector (a big plant polls such devices
         # hundreds of times a second).
         self.passthrough = not engine.active and not self.events.bits and self.reporter is None
 
     def run(self, batch: Batch) -> tuple[list[Batch], list[Block], list[dict[str, Any]]]:
         """Filter the batch in place; returns (batches for Batcher.add, blocks for add_blocks, events)."""
+        if self.passthrough:
+            batch.scores = None
+            return [batch], [], []
         scores = self.engine.process(batch)
         self.last_scores = scores
         events = self.events.detect(batch, scores)
